@@ -1,0 +1,105 @@
+"""Read, check and (optionally) re-encode one audio clip for a shard.
+
+Two modes:
+
+* ``passthrough`` keeps the original bytes. The clip is checked by decoding its header,
+  its first and its last block (a truncated or corrupt file fails one of the three), so the
+  check costs a few ms whatever the clip length.
+* ``flac16k`` decodes the whole clip, downmixes to mono, resamples to 16 kHz with soxr
+  (``HQ``) and writes 16-bit FLAC.
+
+Failures raise :class:`AudioError` with a rejection reason: ``audio_missing``,
+``audio_undecodable`` or ``audio_empty``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+AUDIO_MODES = ("passthrough", "flac16k")
+TARGET_RATE = 16_000
+_CHECK_FRAMES = 4096
+
+
+class AudioError(ValueError):
+    """An audio clip that cannot go into a shard; ``reason`` is the rejection reason."""
+
+    def __init__(self, reason: str, path: str, detail: str):
+        super().__init__(f"{path}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class EncodedClip:
+    """Bytes to store, their file extension (no dot) and the clip's duration in seconds."""
+
+    data: bytes
+    extension: str
+    seconds: float
+
+
+def encode_clip(path: Path, mode: str) -> EncodedClip:
+    """Read the clip at ``path`` and return what a shard stores for it in ``mode``."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise AudioError("audio_missing", str(path), "file not found") from None
+    except IsADirectoryError:
+        raise AudioError("audio_missing", str(path), "is a directory, not a file") from None
+    if mode == "passthrough":
+        return EncodedClip(data, path.suffix.lstrip(".").lower(), _check_decodes(data, path))
+    if mode == "flac16k":
+        return _to_flac16k(data, path)
+    raise ValueError(f"unknown audio mode {mode!r}; choose one of {AUDIO_MODES}")
+
+
+def _open(data: bytes, path: Path) -> soundfile.SoundFile:
+    if not data:
+        raise AudioError("audio_empty", str(path), "file is empty (0 bytes)")
+    try:
+        return soundfile.SoundFile(io.BytesIO(data))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
+        raise AudioError("audio_undecodable", str(path), f"cannot decode: {error}") from None
+
+
+def _check_decodes(data: bytes, path: Path) -> float:
+    """Decode the first and last block; return the duration in seconds."""
+    with _open(data, path) as clip:
+        frames, rate = clip.frames, clip.samplerate
+        try:
+            head = clip.read(_CHECK_FRAMES, dtype="float32")
+            if frames > _CHECK_FRAMES and clip.seekable():
+                clip.seek(max(frames - _CHECK_FRAMES, 0))
+                tail = clip.read(_CHECK_FRAMES, dtype="float32")
+            else:
+                tail = head
+        except (soundfile.LibsndfileError, RuntimeError) as error:
+            raise AudioError("audio_undecodable", str(path), f"cannot decode: {error}") from None
+    if frames <= 0 or len(head) == 0:
+        raise AudioError("audio_empty", str(path), "no audio frames")
+    if len(tail) == 0:
+        raise AudioError("audio_undecodable", str(path), f"header says {frames} frames but the end cannot be read")
+    return frames / rate
+
+
+def _to_flac16k(data: bytes, path: Path) -> EncodedClip:
+    with _open(data, path) as clip:
+        rate = clip.samplerate
+        try:
+            samples = clip.read(dtype="float32", always_2d=True)
+        except (soundfile.LibsndfileError, RuntimeError) as error:
+            raise AudioError("audio_undecodable", str(path), f"cannot decode: {error}") from None
+    if samples.shape[0] == 0:
+        raise AudioError("audio_empty", str(path), "no audio frames")
+    mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+    if rate != TARGET_RATE:
+        mono = soxr.resample(mono, rate, TARGET_RATE, quality="HQ")
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.clip(mono, -1.0, 1.0), TARGET_RATE, format="FLAC", subtype="PCM_16")
+    return EncodedClip(buffer.getvalue(), "flac", len(mono) / TARGET_RATE)

@@ -1,0 +1,161 @@
+"""``llaso-shard``: the command-line entry point (all printing and exit codes live here)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from .corpus import ScanReport, UnknownStemWarning, scan
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.simplefilter("always", UnknownStemWarning)
+    warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llaso-shard", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    synth = commands.add_parser("synth", help="write a synthetic corpus in the LLaSO layout")
+    synth.add_argument("out", type=Path)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--samples-per-task", type=int, default=6)
+    synth.add_argument("--faults", action="store_true", help="add faulty records covering every rejection reason")
+    synth.set_defaults(run=_run_synth)
+
+    scan = commands.add_parser("scan", help="read a corpus and count samples and rejections")
+    scan.add_argument("src", type=Path, help="an annotation file or a corpus folder")
+    scan.add_argument("--audio-root", type=Path, default=None,
+                      help="also check that every audio file exists under this folder")
+    scan.add_argument("--json", action="store_true", help="print one JSON object")
+    scan.add_argument("--show-rejects", type=int, default=5, metavar="N",
+                      help="print the first N rejections with file, record and reason (default 5)")
+    scan.set_defaults(run=_run_scan)
+
+    convert = commands.add_parser("convert", help="convert a corpus into stratified WebDataset shards with Ray")
+    convert.add_argument("src", type=Path, help="an annotation file or a corpus folder")
+    convert.add_argument("out", type=Path, help="output folder (created; a re-run resumes)")
+    convert.add_argument("--audio-root", type=Path, default=None,
+                         help="folder the voice paths are relative to (default: the corpus folder)")
+    convert.add_argument("--address", default=None,
+                         help="Ray cluster address (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    convert.add_argument("--audio", choices=("passthrough", "flac16k"), default="passthrough",
+                         help="keep original bytes (checked) or store mono 16 kHz FLAC")
+    convert.add_argument("--samples-per-shard", type=int, default=1000)
+    convert.add_argument("--seed", type=int, default=0)
+    convert.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
+    convert.set_defaults(run=_run_convert)
+    return parser
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from .synth import write_corpus
+
+    try:
+        summary = write_corpus(args.out, seed=args.seed, samples_per_task=args.samples_per_task, faults=args.faults)
+    except (FileExistsError, ValueError) as error:
+        print(f"llaso-shard synth: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {summary.records} records ({summary.valid} valid), {summary.audio_files} audio files, "
+          f"{summary.audio_seconds / 3600:.2f} h of audio under {summary.root}")
+    return 0
+
+
+def _run_scan(args: argparse.Namespace) -> int:
+    if not args.src.exists():
+        print(f"llaso-shard scan: {args.src}: no such file or folder", file=sys.stderr)
+        return 2
+    report = scan(args.src, audio_root=args.audio_root, max_examples=args.show_rejects)
+    for rejection in report.examples:
+        print(f"rejected: {rejection}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        _print_report(report)
+    return 0
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from .convert import ConvertOptions
+
+    options = ConvertOptions(args.src, args.out, args.audio_root, args.audio, args.samples_per_shard, args.seed)
+    return run_conversion(options, args.address, args.num_cpus)
+
+
+def run_conversion(options, address: str | None, num_cpus: int | None = None) -> int:
+    """Run a conversion with a progress line on stderr; shared by the CLI and ``pipelines/``.
+    Exit status 0 when the accounting identity holds, 1 when it fails, 2 on bad options."""
+    import ray
+
+    from .convert import ConversionError, convert
+    from .ray_local import init_ray
+
+    if not options.source.exists():
+        print(f"llaso-shard convert: {options.source}: no such file or folder", file=sys.stderr)
+        return 2
+    started_local = init_ray(address, num_cpus)
+    try:
+        report = convert(options, on_progress=_ProgressLine())
+    except ConversionError as error:
+        print(f"llaso-shard convert: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if started_local:
+            ray.shutdown()
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    for stem in report.unknown_stems:
+        print(f"warning: {stem}: stem matches no known task; kept with the stem as task", file=sys.stderr)
+    print(f"read {report.read:,} records: wrote {report.written:,} samples "
+          f"({report.audio_seconds / 3600:.2f} h of audio) in {report.shards} shards "
+          f"({report.shards_reused} reused), rejected {report.rejected:,} in {report.seconds:.1f} s")
+    for reason, count in report.rejected_by_reason.items():
+        print(f"  rejected {reason:<26} {count:>9,}")
+    if not report.identity_holds:
+        print(f"llaso-shard convert: accounting failed: read {report.read} != written {report.written} "
+              f"+ rejected {report.rejected}", file=sys.stderr)
+        return 1
+    print(f"accounting: read {report.read:,} = written {report.written:,} + rejected {report.rejected:,}")
+    return 0
+
+
+class _ProgressLine:
+    """Conversion progress on stderr: redrawn in place on a terminal (at most 4 times a
+    second), one line every 10 s otherwise (logs, ``ray job submit``)."""
+
+    def __init__(self):
+        self._tty = sys.stderr.isatty()
+        self._last = float("-inf")
+
+    def __call__(self, progress) -> None:
+        finished = progress.shards_done == progress.shards_total
+        if progress.elapsed - self._last < (0.25 if self._tty else 10.0) and not finished:
+            return
+        self._last = progress.elapsed
+        rate = progress.samples_done / max(progress.elapsed, 1e-9)
+        remaining = (progress.samples_total - progress.samples_done) / rate if rate else float("inf")
+        line = (f"converting: {progress.shards_done}/{progress.shards_total} shards, "
+                f"{progress.samples_done:,}/{progress.samples_total:,} samples, {rate:,.0f} samples/s, "
+                f"ETA {remaining:,.0f} s")
+        print(f"\r{line}   " if self._tty else line, end="" if self._tty else "\n", file=sys.stderr, flush=True)
+
+
+def _print_report(report: ScanReport) -> None:
+    print(f"{'split':<6} {'modality':<11} {'task':<28} {'category':<15} {'count':>9}")
+    for (split, modality, task, category), count in sorted(report.samples.items()):
+        print(f"{split:<6} {modality:<11} {task:<28} {category:<15} {count:>9,}")
+    print(f"\n{report.files} files, {report.read:,} records read: "
+          f"{report.valid:,} valid, {report.read - report.valid:,} rejected")
+    for reason, count in sorted(report.rejected.items()):
+        print(f"  rejected {reason:<26} {count:>9,}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

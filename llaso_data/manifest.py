@@ -1,0 +1,74 @@
+"""The on-disk contract between conversion and training: Parquet tables under OUT.
+
+* ``manifest.parquet``: one row per shard (:data:`MANIFEST_SCHEMA`);
+* ``index.parquet``: one row per written sample, in shard order (:data:`INDEX_SCHEMA`);
+* ``rejects.parquet``: one row per rejected input record (:data:`REJECTS_SCHEMA`);
+* ``report.json``: counts, the accounting identity and the options used.
+
+Described for users in ``shards/README.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .records import Rejection
+
+MANIFEST_SCHEMA = pa.schema([
+    ("shard", pa.string()), ("split", pa.string()), ("modality", pa.string()),
+    ("task", pa.string()), ("category", pa.string()), ("num_samples", pa.int64()),
+    ("audio_seconds", pa.float64()), ("bytes", pa.int64()), ("sha256", pa.string()),
+])
+INDEX_SCHEMA = pa.schema([
+    ("key", pa.string()), ("shard", pa.string()), ("offset", pa.int64()),
+    ("split", pa.string()), ("modality", pa.string()), ("task", pa.string()),
+    ("category", pa.string()), ("audio_seconds", pa.float64()), ("num_clips", pa.int32()),
+    ("text_chars", pa.int64()), ("source", pa.string()), ("ordinal", pa.int64()),
+])
+REJECTS_SCHEMA = pa.schema([
+    ("source", pa.string()), ("ordinal", pa.int64()), ("reason", pa.string()),
+    ("detail", pa.string()), ("raw", pa.string()), ("byte_offset", pa.int64()),
+    ("key", pa.string()),
+])
+
+MANIFEST_FILE = "manifest.parquet"
+INDEX_FILE = "index.parquet"
+REJECTS_FILE = "rejects.parquet"
+REPORT_FILE = "report.json"
+
+
+def write_table(path: Path, rows: list[dict], schema: pa.Schema) -> None:
+    """Write ``rows`` atomically (temporary file, then rename)."""
+    temporary = path.with_name(path.name + ".tmp")
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), temporary)
+    temporary.replace(path)
+
+
+class StreamingTableWriter:
+    """Append batches of rows to one Parquet file without holding them all; atomic on close."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self._path, self._schema = path, schema
+        self._temporary = path.with_name(path.name + ".tmp")
+        self._writer = pq.ParquetWriter(self._temporary, schema)
+
+    def write(self, rows: list[dict]) -> None:
+        if rows:
+            self._writer.write_table(pa.Table.from_pylist(rows, schema=self._schema))
+
+    def close(self) -> None:
+        self._writer.close()
+        self._temporary.replace(self._path)
+
+
+def rejection_rows(rejections: Iterable[Rejection]) -> list[dict]:
+    return [r.to_dict() for r in rejections]
+
+
+def read_manifest(out: Path) -> pa.Table:
+    """The shard manifest of a converted corpus."""
+    return pq.read_table(out / MANIFEST_FILE, schema=MANIFEST_SCHEMA)

@@ -1,0 +1,191 @@
+"""Turn one raw record into a :class:`~llaso_data.records.Sample` or a
+:class:`~llaso_data.records.Rejection`, never both and never neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .paths import AudioPathError, normalise_audio_path
+from .readers import RawRecord
+from .records import Rejection, Sample, Turn
+from .tasks import MODALITIES, TASKS, StemInfo, modality_for_stem, parse_file_name
+
+AUDIO_PLACEHOLDER = "<audio>"
+
+# Every reason a record can be rejected for, with what it means.
+REASONS: dict[str, str] = {
+    "malformed_json": "the file is not valid JSON from this point (truncated or broken)",
+    "undecodable_text": "the record's text is not valid UTF-8",
+    "not_an_object": "the array element is not a JSON object",
+    "missing_turns": "no conversation, or no assistant turn to learn from",
+    "misordered_turns": "turns do not alternate user/assistant starting with the user",
+    "bad_field_type": "a field has the wrong type (voice, conversations or a turn value)",
+    "audio_count_mismatch": "the number of <audio> placeholders differs from the number of voice paths",
+    "absolute_audio_path": "a voice path is absolute",
+    "audio_path_escapes_root": "a voice path leaves the audio root",
+    "empty_label": "the last assistant turn is empty",
+    "audio_missing": "an audio file does not exist",
+    "audio_undecodable": "an audio file cannot be decoded",
+    "audio_empty": "an audio file has no samples",
+}
+
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+_STRUCTURAL_FIELDS = ("voice", "conversations", "instruction")
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class FileContext:
+    """What is known about every record of one source file.
+
+    ``source`` is the file path relative to the corpus root; ``modality_folder`` is the
+    modality named by a parent folder, or None when the layout has none; ``key_prefix``
+    (stem, split and a hash of ``source``) makes sample keys unique within a corpus.
+    """
+
+    source: str
+    stem: StemInfo
+    modality_folder: str | None
+    key_prefix: str
+
+    @classmethod
+    def for_path(cls, root: Path, path: Path) -> "FileContext":
+        """Context for the annotation file ``path`` under the corpus folder ``root``.
+
+        The modality is the nearest enclosing folder named after one, the root included
+        (so a single file inside ``text_audio/`` still knows its modality).
+        """
+        relative = path.relative_to(root)
+        folders = (root.name, *relative.parts[:-1])
+        folder = next((p for p in reversed(folders) if p in MODALITIES), None)
+        source = relative.as_posix()
+        stem = parse_file_name(path.name)
+        digest = hashlib.sha1(source.encode("utf-8")).hexdigest()[:8]
+        key_prefix = f"{_KEY_UNSAFE.sub('-', stem.stem)}-{stem.split}-{digest}"
+        return cls(source, stem, folder, key_prefix)
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def normalise_record(raw: RawRecord, context: FileContext) -> Sample | Rejection:
+    """Validate one raw record of a file and build its sample, or say why not."""
+    key = f"{context.key_prefix}-{raw.ordinal:08d}"
+    if raw.error is not None:
+        reason, detail = raw.error
+        return Rejection(context.source, raw.ordinal, reason, detail, raw.raw, raw.byte_offset, key)
+    try:
+        return _build_sample(raw.value, context, raw.ordinal, key)
+    except _Reject as rejected:
+        return Rejection(context.source, raw.ordinal, rejected.reason, rejected.detail,
+                         raw.raw, raw.byte_offset, key)
+
+
+def _build_sample(value: Any, context: FileContext, ordinal: int, key: str) -> Sample:
+    if not isinstance(value, dict):
+        raise _Reject("not_an_object", f"expected a JSON object, found {type(value).__name__}")
+    system, turns, placeholders = _parse_turns(value)
+    if isinstance(value.get("instruction"), str) and value["instruction"].strip():
+        system = value["instruction"]
+    audio = _parse_voice(value.get("voice"))
+    if placeholders != len(audio):
+        raise _Reject("audio_count_mismatch",
+                      f"{placeholders} <audio> placeholder(s) but {len(audio)} voice path(s)")
+    label = turns[-1].text
+    if not label.strip():
+        raise _Reject("empty_label", "the last assistant turn is empty")
+    task = "CONV" if len(turns) > 2 else context.stem.task
+    category = TASKS[task].category if task in TASKS else context.stem.category
+    return Sample(
+        key=key,
+        split=context.stem.split,
+        modality=context.modality_folder or _modality_without_folder(context, task, turns),
+        task=task,
+        category=category,
+        source=context.source,
+        ordinal=ordinal,
+        turns=turns,
+        audio=audio,
+        label=label,
+        system=system,
+        provenance={k: v for k, v in value.items() if k not in _STRUCTURAL_FIELDS},
+    )
+
+
+def _parse_turns(value: dict[str, Any]) -> tuple[str | None, tuple[Turn, ...], int]:
+    """Returns (system prompt, turns, number of audio placeholders)."""
+    conversations = value.get("conversations")
+    if not conversations:
+        raise _Reject("missing_turns", "the record has no conversations")
+    if type(conversations) is not list:
+        raise _Reject("bad_field_type", f"conversations is a {type(conversations).__name__}, not a list")
+    system = None
+    turns: list[Turn] = []
+    clips = 0
+    for index, entry in enumerate(conversations):
+        if type(entry) is not dict:
+            raise _Reject("bad_field_type", f"turn {index} is a {type(entry).__name__}, not an object")
+        role_name = entry.get("from") or entry.get("role")
+        text = entry.get("value", entry.get("content"))
+        if type(text) is not str:
+            raise _Reject("bad_field_type", f"turn {index} value is a {type(text).__name__}, not a string")
+        if index == 0 and role_name == "system":
+            system = text
+            continue
+        expected = "user" if len(turns) % 2 == 0 else "assistant"
+        if _ROLES.get(role_name) != expected:
+            raise _Reject("misordered_turns", f"turn {index} has role {role_name!r}, expected {expected}")
+        if AUDIO_PLACEHOLDER in text:
+            text, offsets = _split_placeholders(text)
+            turns.append(Turn(expected, text, tuple((o, clips + i) for i, o in enumerate(offsets))))
+            clips += len(offsets)
+        else:
+            turns.append(Turn(expected, text))
+    if not turns or turns[-1].role != "assistant":
+        if len(turns) <= 1:
+            raise _Reject("missing_turns", "the conversation has no assistant turn")
+        raise _Reject("misordered_turns", "the conversation ends with a user turn")
+    return system, tuple(turns), clips
+
+
+def _split_placeholders(text: str) -> tuple[str, list[int]]:
+    """Remove every ``<audio>`` and return the clean text and each placeholder's offset."""
+    pieces = text.split(AUDIO_PLACEHOLDER)
+    offsets, cursor = [], 0
+    for piece in pieces[:-1]:
+        cursor += len(piece)
+        offsets.append(cursor)
+    return "".join(pieces), offsets
+
+
+def _parse_voice(voice: Any) -> tuple[str, ...]:
+    if voice is None:
+        return ()
+    paths = [voice] if isinstance(voice, str) else voice
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise _Reject("bad_field_type", f"voice must be a string or a list of strings, found {voice!r:.120}")
+    try:
+        return tuple(normalise_audio_path(p) for p in paths)
+    except AudioPathError as error:
+        raise _Reject(error.reason, str(error)) from None
+
+
+def _modality_without_folder(context: FileContext, task: str, turns: tuple[Turn, ...]) -> str:
+    """Stem rule; for conversations, the shape of the first user turn."""
+    if task != "CONV":
+        return modality_for_stem(context.stem.stem)
+    first = turns[0]
+    if first.clips and not first.text.strip():
+        return "pure_audio"
+    if first.clips and first.clips[0][0] == 0:
+        return "audio_text"
+    return "text_audio"

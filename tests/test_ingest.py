@@ -1,0 +1,282 @@
+"""Ingestion of the real LLaSO-Eval records and of every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llaso_data.corpus import UnknownStemWarning, iter_corpus, scan
+from llaso_data.records import Rejection, Sample
+from llaso_data.readers import iter_raw_records
+from llaso_data.tasks import LLASO_TASKS, parse_file_name
+
+from conftest import EVAL_SAMPLE
+
+EXPECTED = {
+    "audio_text/dolly_instruction_0_test.json": ("audio_text", "AQA", "semantic"),
+    "audio_text/orca_instruction_0_test.json": ("audio_text", "AQA", "semantic"),
+    "pure_audio/alpaca_gpt4_end_test.json": ("pure_audio", "AQA", "semantic"),
+    "pure_audio/code_alpaca_end_test.json": ("pure_audio", "AQA", "semantic"),
+    "text_audio/ASR_test.json": ("text_audio", "ASR", "linguistic"),
+    "text_audio/NSynth_pitch_recognition_test.json": ("text_audio", "PP", "paralinguistic"),
+    "text_audio/common-voice_gender_classification_test.json": ("text_audio", "SGC", "paralinguistic"),
+    "text_audio/dolly_input_1_test.json": ("text_audio", "AQA", "semantic"),
+    "text_audio/meld_ER_classification_test.json": ("text_audio", "ER", "paralinguistic"),
+    "text_audio/pronunciation_scoring_word_level_test.json": ("text_audio", "PSWL", "paralinguistic"),
+    "text_audio/vctk_accent_classification_test.json": ("text_audio", "AC", "paralinguistic"),
+}
+
+
+def _samples(source: Path) -> list[Sample]:
+    items = list(iter_corpus(source))
+    assert all(isinstance(i, Sample) for i in items), [str(i) for i in items if isinstance(i, Rejection)]
+    return items
+
+
+def test_every_fixture_record_gets_task_category_and_modality():
+    samples = _samples(EVAL_SAMPLE)
+    assert {s.source for s in samples} == set(EXPECTED)
+    for sample in samples:
+        raw = json.loads((EVAL_SAMPLE / sample.source).read_text("utf-8"))[sample.ordinal]
+        assert (sample.modality, sample.task, sample.category) == EXPECTED[sample.source]
+        assert sample.split == "test"
+        assert sample.label == raw["conversations"][1]["value"]
+        assert sample.audio == tuple(p.replace("\\", "/") for p in raw["voice"])
+        assert [t.role for t in sample.turns] == ["user", "assistant"]
+        assert sample.turns[0].text == raw["conversations"][0]["value"].replace("<audio>", "")
+        assert set(sample.provenance) == set(raw) - {"voice", "conversations"}
+    assert len({s.key for s in samples}) == len(samples) == 44
+
+
+def test_audio_position_follows_modality():
+    for sample in _samples(EVAL_SAMPLE):
+        (offset, clip), = sample.turns[0].clips
+        assert clip == 0
+        if sample.modality == "audio_text":
+            assert offset == 0 and sample.turns[0].segments()[0] == 0
+        else:
+            assert offset == len(sample.turns[0].text) and sample.turns[0].segments()[-1] == 0
+
+
+def test_meld_text_and_list_metadata_survive_byte_for_byte(tmp_path):
+    meld = EVAL_SAMPLE / "text_audio" / "meld_ER_classification_test.json"
+    originals = json.loads(meld.read_text("utf-8"))
+    samples = _samples(meld)
+    assert any("\u0092" in s.provenance["meta-data"]["utt"] for s in samples)
+    for sample, original in zip(samples, originals):
+        assert sample.provenance == {"meta-data": original["meta-data"]}
+        again = Sample.from_json(sample.to_json().encode("utf-8"))
+        assert json.dumps(again.provenance, ensure_ascii=False).encode() == \
+            json.dumps({"meta-data": original["meta-data"]}, ensure_ascii=False).encode()
+    scoring = _samples(EVAL_SAMPLE / "text_audio" / "pronunciation_scoring_word_level_test.json")
+    raw = json.loads((EVAL_SAMPLE / "text_audio" / "pronunciation_scoring_word_level_test.json").read_text("utf-8"))
+    assert all(isinstance(s.provenance["metadata"], list) for s in scoring)
+    assert [s.provenance["metadata"] for s in scoring] == [r["metadata"] for r in raw]
+
+
+def test_jsonl_splits_on_newline_only_keeping_u0085(tmp_path):
+    records = json.loads((EVAL_SAMPLE / "text_audio" / "meld_ER_classification_test.json").read_text("utf-8"))
+    records[0]["meta-data"]["utt"] += "\u0085and on\u2028and on"
+    folder = tmp_path / "text_audio"
+    folder.mkdir()
+    path = folder / "meld_ER_classification_test.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
+    samples = _samples(path)
+    assert len(samples) == len(records)
+    assert samples[0].provenance["meta-data"]["utt"].endswith("\u0085and on\u2028and on")
+
+
+def _write(path: Path, content: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+GOOD = {"voice": ["a\\b.wav"], "conversations": [
+    {"from": "human", "value": "Say it.<audio>"}, {"from": "gpt", "value": "Yes."}]}
+
+
+def _bad(**changes) -> dict:
+    record = json.loads(json.dumps(GOOD))
+    record.update(changes)
+    return record
+
+
+REJECTION_CASES = [
+    ("not_an_object", 42),
+    ("missing_turns", _bad(conversations=[])),
+    ("missing_turns", {"voice": ["a.wav"]}),
+    ("missing_turns", _bad(conversations=[{"from": "human", "value": "x<audio>"}])),
+    ("misordered_turns", _bad(conversations=[{"from": "gpt", "value": "x"}, {"from": "human", "value": "<audio>"}])),
+    ("misordered_turns", _bad(conversations=[{"from": "human", "value": "<audio>"}, {"from": "human", "value": "x"}])),
+    ("misordered_turns", _bad(conversations=[{"from": "human", "value": "<audio>"}, {"from": "narrator", "value": "x"}])),
+    ("bad_field_type", _bad(voice={"path": "a.wav"})),
+    ("bad_field_type", _bad(voice=["a.wav", 3])),
+    ("bad_field_type", _bad(conversations=[{"from": "human", "value": ["<audio>"]}, {"from": "gpt", "value": "x"}])),
+    ("audio_count_mismatch", _bad(voice=["a.wav", "b.wav"])),
+    ("audio_count_mismatch", _bad(voice=[])),
+    ("absolute_audio_path", _bad(voice=["/data/a.wav"])),
+    ("absolute_audio_path", _bad(voice=["C:\\data\\a.wav"])),
+    ("audio_path_escapes_root", _bad(voice=["..\\..\\etc\\passwd.wav"])),
+    ("audio_path_escapes_root", _bad(voice=["a/../../b.wav"])),
+    ("empty_label", _bad(conversations=[{"from": "human", "value": "<audio>"}, {"from": "gpt", "value": "  "}])),
+]
+
+
+@pytest.mark.parametrize("reason,record", REJECTION_CASES, ids=[f"{r}-{i}" for i, (r, _) in enumerate(REJECTION_CASES)])
+def test_each_rejection_reason_names_file_record_and_reason(tmp_path, reason, record):
+    path = _write(tmp_path / "text_audio" / "meld_ER_classification_train.json",
+                  json.dumps([GOOD, record, GOOD]).encode())
+    items = list(iter_corpus(tmp_path))
+    assert [type(i).__name__ for i in items] == ["Sample", "Rejection", "Sample"]
+    rejection = items[1]
+    assert rejection.reason == reason
+    assert rejection.source == "text_audio/meld_ER_classification_train.json"
+    assert rejection.ordinal == 1
+    assert f"text_audio/meld_ER_classification_train.json record 1" in str(rejection) and reason in str(rejection)
+    assert json.loads(rejection.raw) == record
+    raw_bytes = path.read_bytes()
+    assert raw_bytes[rejection.byte_offset:].startswith(json.dumps(record).encode())
+
+
+def test_undecodable_text_rejects_only_that_record(tmp_path):
+    good = json.dumps(GOOD).encode()
+    bad_byte = good.replace(b"Yes.", b"Y\x92s.")
+    surrogate = good.replace(b"Yes.", b"Y\\udc80s.")
+    pair = good.replace(b"Yes.", b"Y\\ud83d\\ude00s.")
+    _write(tmp_path / "text_audio" / "x_ER_train.json", b"[" + b",".join([good, bad_byte, surrogate, pair]) + b"]")
+    _write(tmp_path / "text_audio" / "y_ER_train.jsonl", b"\n".join([good, bad_byte, good]) + b"\n")
+    reasons = [(i.source, i.ordinal, getattr(i, "reason", None)) for i in iter_corpus(tmp_path)]
+    assert reasons == [
+        ("text_audio/x_ER_train.json", 0, None),
+        ("text_audio/x_ER_train.json", 1, "undecodable_text"),
+        ("text_audio/x_ER_train.json", 2, "undecodable_text"),
+        ("text_audio/x_ER_train.json", 3, None),
+        ("text_audio/y_ER_train.jsonl", 0, None),
+        ("text_audio/y_ER_train.jsonl", 1, "undecodable_text"),
+        ("text_audio/y_ER_train.jsonl", 2, None),
+    ]
+
+
+def test_truncated_array_keeps_records_before_the_fault_and_reports_its_byte_offset(tmp_path):
+    records = [json.dumps(dict(GOOD, id=str(i)), indent=2).encode() for i in range(5)]
+    whole = b"[\n" + b",\n".join(records) + b"\n]\n"
+    cut = whole.index(b'"id": "3"')
+    path = _write(tmp_path / "text_audio" / "ASR_test.json", whole[:cut])
+    items = list(iter_corpus(path))
+    assert [getattr(i, "provenance", {}).get("id") for i in items[:3]] == ["0", "1", "2"]
+    fault = items[3]
+    assert isinstance(fault, Rejection) and fault.reason == "malformed_json" and fault.ordinal == 3
+    assert fault.byte_offset == whole.index(records[3])
+    assert str(fault.byte_offset) in fault.detail
+    assert len(items) == 4
+
+
+def test_broken_jsonl_line_is_rejected_and_reading_goes_on(tmp_path):
+    good = json.dumps(GOOD)
+    repaired = json.dumps(_bad(id="joined")).replace('"Yes."', '"Yes\nno."')
+    content = "\n".join([good, "{not json", good, repaired, good]) + "\n"
+    path = _write(tmp_path / "text_audio" / "x_ER_test.jsonl", content.encode())
+    items = list(iter_corpus(path))
+    assert [getattr(i, "reason", "ok") for i in items] == ["ok", "malformed_json", "ok", "ok", "ok"]
+    assert items[1].byte_offset == len(good) + 1
+    assert items[3].label == "Yes\nno." and items[3].provenance["id"] == "joined"
+
+
+def test_huge_array_is_streamed_in_constant_memory(tmp_path):
+    """A 60 MB array read in a child process stays far below its size in peak RSS."""
+    path = tmp_path / "text_audio" / "ASR_stage1_train.json"
+    path.parent.mkdir()
+    record = json.dumps(dict(GOOD, index=0), indent=2)
+    with open(path, "w") as out:
+        out.write("[" + ",".join([record] * 300_000) + "]")
+    code = (
+        "import re;from pathlib import Path;from llaso_data.corpus import iter_file;"
+        f"p=Path({str(path)!r});n=sum(1 for _ in iter_file(p.parent.parent,p));"
+        "hwm=re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1);"
+        "print(n, int(hwm)//1024)"
+    )
+    count, rss_mb = map(int, subprocess.run([sys.executable, "-c", code], check=True,
+                                            capture_output=True, text=True).stdout.split())
+    assert count == 300_000
+    assert path.stat().st_size > 50 * 2**20
+    assert rss_mb < 60
+
+
+def test_llasm_multi_turn_conversations(tmp_path):
+    transcripts = [(FIXTURES_LLASM / f"{i}.txt").read_text("utf-8").strip() for i in range(3)]
+    record = {
+        "id": "zh-0",
+        "instruction": "你是一个乐于助人的助手。",
+        "conversations": [
+            {"from": "human", "value": "<audio>"}, {"from": "gpt", "value": "好的。"},
+            {"from": "human", "value": "<audio>"}, {"from": "gpt", "value": "中国和印度。"},
+            {"from": "human", "value": "请回答：<audio>"}, {"from": "gpt", "value": "北京是中国的首都。"},
+        ],
+        "voice": ["llasm_examples\\0.mp3", "llasm_examples\\1.mp3", "llasm_examples\\2.mp3"],
+        "transcripts": transcripts,
+    }
+    path = _write(tmp_path / "LLaSM" / "llasm_zh_train.jsonl", (json.dumps(record, ensure_ascii=False) + "\n").encode())
+    sample, = _samples(path)
+    assert (sample.task, sample.category, sample.modality) == ("CONV", "semantic", "pure_audio")
+    assert sample.system == record["instruction"]
+    assert [t.role for t in sample.turns] == ["user", "assistant"] * 3
+    assert [t.clips for t in sample.turns[::2]] == [((0, 0),), ((0, 1),), ((4, 2),)]
+    assert sample.label == "北京是中国的首都。"
+    assert sample.provenance == {"id": "zh-0", "transcripts": transcripts}
+    report = scan(path.parent, audio_root=FIXTURES_LLASM.parent)
+    assert report.valid == 1 and not report.rejected
+
+
+def test_unknown_stem_is_kept_with_a_warning(tmp_path):
+    path = _write(tmp_path / "text_audio" / "mystery_task_train.json", json.dumps([GOOD]).encode())
+    with pytest.warns(UnknownStemWarning, match="mystery_task"):
+        sample, = list(iter_corpus(path))
+    assert (sample.task, sample.category, sample.split) == ("mystery_task", "unknown", "train")
+
+
+def test_stem_rules_cover_every_task():
+    stems = {
+        "ASR_train_stage2": "ASR", "phoneme_recognition_train": "PR", "dolly_input_1_train": "AQA",
+        "common-voice_age_classification_train": "AR", "voxceleb_gender_classification_test": "SGC",
+        "accentdb_AI_classification_train": "AC", "slurp_Intent_Prediction_train": "IP",
+        "speechcommand_recognition_train": "SCR", "Synthetic_Audio_Classification_train": "SSD",
+        "slurp_Entity_Extraction_train": "EE", "CREMAD_ER_classification_train": "ER",
+        "meld_EIE_classification_train": "EIE", "meld_SV_classification_train": "SV",
+        "pronunciation_scoring_word_level_train": "PSWL", "pronunciation_scoring_sentence_level_train": "PSSL",
+        "vocalsound_vocal_classification_train": "VSC", "NSynth_instrument_classification_test": "IC",
+        "NSynth_music_source_classification_train": "ISC", "NSynth_pitch_recognition_train": "PP",
+        "velocity_classification_train": "VC", "ASR_stage1_train": "ALIGN",
+        "vocalsound_age_prediction_test": "AR", "3.5M_GPT3.5_end_test": "AQA",
+    }
+    assert {parse_file_name(f"{s}.json").task for s in stems} >= set(LLASO_TASKS)
+    for stem, task in stems.items():
+        assert parse_file_name(f"{stem}.json").task == task, stem
+
+
+def test_scan_cli_prints_the_contract_json_and_exits_zero(tmp_path):
+    _write(tmp_path / "text_audio" / "meld_ER_classification_train.json",
+           json.dumps([GOOD, _bad(voice=["/abs.wav"]), GOOD]).encode()[:-1])
+    result = subprocess.run([sys.executable, "-m", "llaso_data.cli", "scan", str(tmp_path), "--json"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report == {
+        "samples": [{"split": "train", "modality": "text_audio", "task": "ER",
+                     "category": "paralinguistic", "count": 2}],
+        "rejected": {"absolute_audio_path": 1, "malformed_json": 1},
+    }
+    assert "meld_ER_classification_train.json record 1" in result.stderr
+
+
+def test_raw_reader_handles_single_object_and_bom(tmp_path):
+    path = _write(tmp_path / "one.json", b"\xef\xbb\xbf" + json.dumps(GOOD).encode())
+    raw, = list(iter_raw_records(path))
+    assert raw.value == GOOD and raw.byte_offset == 3
+
+
+FIXTURES_LLASM = EVAL_SAMPLE.parent / "llasm_examples"
