@@ -59,13 +59,19 @@ def encode_clip(path: Path, mode: str) -> EncodedClip:
     raise ValueError(f"unknown audio mode {mode!r}; choose one of {AUDIO_MODES}")
 
 
+def _describe(error: Exception) -> str:
+    """libsndfile's own message, without the in-memory file object's address (which
+    would make rejection details differ between runs)."""
+    return getattr(error, "error_string", None) or type(error).__name__
+
+
 def _open(data: bytes, path: Path) -> soundfile.SoundFile:
     if not data:
         raise AudioError("audio_empty", str(path), "file is empty (0 bytes)")
     try:
         return soundfile.SoundFile(io.BytesIO(data))
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise AudioError("audio_undecodable", str(path), f"cannot decode: {error}") from None
+        raise AudioError("audio_undecodable", str(path), f"cannot decode: {_describe(error)}") from None
 
 
 def _check_decodes(data: bytes, path: Path) -> float:
@@ -80,7 +86,7 @@ def _check_decodes(data: bytes, path: Path) -> float:
             else:
                 tail = head
         except (soundfile.LibsndfileError, RuntimeError) as error:
-            raise AudioError("audio_undecodable", str(path), f"cannot decode: {error}") from None
+            raise AudioError("audio_undecodable", str(path), f"cannot decode: {_describe(error)}") from None
     if frames <= 0 or len(head) == 0:
         raise AudioError("audio_empty", str(path), "no audio frames")
     if len(tail) == 0:
@@ -94,7 +100,7 @@ def _to_flac16k(data: bytes, path: Path) -> EncodedClip:
         try:
             samples = clip.read(dtype="float32", always_2d=True)
         except (soundfile.LibsndfileError, RuntimeError) as error:
-            raise AudioError("audio_undecodable", str(path), f"cannot decode: {error}") from None
+            raise AudioError("audio_undecodable", str(path), f"cannot decode: {_describe(error)}") from None
     if samples.shape[0] == 0:
         raise AudioError("audio_empty", str(path), "no audio frames")
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]

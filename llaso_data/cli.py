@@ -52,6 +52,16 @@ def _build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--seed", type=int, default=0)
     convert.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
     convert.set_defaults(run=_run_convert)
+
+    verify = commands.add_parser("verify", help="re-hash every shard against the manifest and check its structure")
+    verify.add_argument("out", type=Path)
+    verify.set_defaults(run=_run_verify)
+
+    stats = commands.add_parser("stats", help="samples, hours and shards per split/modality/task")
+    stats.add_argument("out", type=Path)
+    stats.add_argument("--chart", type=Path, default=None, help="write a chart (.png, .svg or .html)")
+    stats.add_argument("--metric", choices=("hours", "samples"), default="hours")
+    stats.set_defaults(run=_run_stats)
     return parser
 
 
@@ -126,6 +136,34 @@ def run_conversion(options, address: str | None, num_cpus: int | None = None) ->
     return 0
 
 
+def _run_verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+
+    report = verify(args.out)
+    for shard, problems in sorted(report.problems.items()):
+        print(f"BAD {shard}", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+    print(f"verified {report.shards_checked} shards, {report.samples_checked:,} samples: "
+          f"{'OK' if report.ok else f'{len(report.problems)} with problems'}")
+    return 0 if report.ok else 1
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    from .stats import corpus_stats, format_stats_table, write_chart
+
+    try:
+        rows = corpus_stats(args.out)
+    except OSError as error:
+        print(f"llaso-shard stats: {args.out}: cannot read the manifest: {error}", file=sys.stderr)
+        return 2
+    print(format_stats_table(rows))
+    if args.chart:
+        write_chart(rows, args.chart, metric=args.metric)
+        print(f"chart written to {args.chart}")
+    return 0
+
+
 class _ProgressLine:
     """Conversion progress on stderr: redrawn in place on a terminal (at most 4 times a
     second), one line every 10 s otherwise (logs, ``ray job submit``)."""
@@ -135,7 +173,7 @@ class _ProgressLine:
         self._last = float("-inf")
 
     def __call__(self, progress) -> None:
-        finished = progress.shards_done == progress.shards_total
+        finished = progress.samples_done == progress.samples_total
         if progress.elapsed - self._last < (0.25 if self._tty else 10.0) and not finished:
             return
         self._last = progress.elapsed

@@ -75,7 +75,9 @@ class ConvertOptions:
 
 @dataclass
 class Progress:
-    """Shards and samples finished so far out of the totals, and seconds elapsed."""
+    """Shards and samples handled so far, and seconds elapsed. ``shards_total`` is an upper
+    bound (a hash slot may draw no sample); ``samples_total`` is exact, and a sample counts
+    as handled once written or rejected for its audio."""
 
     shards_done: int
     shards_total: int
@@ -112,6 +114,7 @@ def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | N
     """Run the conversion on the current Ray cluster; returns its report (also written to
     ``OUT/report.json``). Raises :class:`ConversionError` for an incompatible OUT."""
     import ray.data
+    from ray.data.expressions import col
 
     started = time.perf_counter()
     out = options.out.resolve()
@@ -139,7 +142,7 @@ def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | N
     samples_total = sum(n for (kind, *_), n in counts.items() if kind == "sample")
     report.read = sum(counts.values())
 
-    assigned = rows.filter(expr="kind == 'sample'").map_batches(
+    assigned = rows.filter(expr=col("kind") == "sample").map_batches(
         _assign_shards, fn_kwargs={"shard_counts": shard_counts, "seed": options.seed}, batch_format="pyarrow")
     written = assigned.groupby("shard").map_groups(
         _write_shard_group, fn_kwargs={"out": str(out), "audio_root": str(options.resolved_audio_root),
@@ -157,7 +160,7 @@ def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | N
             on_progress(Progress(len(shard_names), sum(shard_counts.values()), samples_done,
                                  samples_total, time.perf_counter() - started))
 
-    annotation_rejects = [json.loads(r["payload"]) for r in rows.filter(expr="kind == 'reject'").iter_rows()]
+    annotation_rejects = [json.loads(r["payload"]) for r in rows.filter(expr=col("kind") == "reject").iter_rows()]
     _finish(out, sorted(shard_names), annotation_rejects, report)
     report.seconds = time.perf_counter() - started
     (out / REPORT_FILE).write_text(json.dumps({"report": report.to_dict(), "options": options.fingerprint()},
@@ -250,7 +253,7 @@ def _assign_shards(batch, shard_counts: dict, seed: int):
                                               batch["task"].to_pylist(), batch["payload"].to_pylist()):
         count = shard_counts[(split, modality, task)]
         key = json.loads(payload)["key"]
-        names.append(shard_name(split, modality, task, shard_index(key, seed, count), count))
+        names.append(shard_name(split, modality, task, shard_index(key, seed, count)))
     return batch.append_column("shard", pa.array(names, pa.string()))
 
 

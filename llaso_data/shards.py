@@ -24,10 +24,17 @@ from .records import Rejection, Sample
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-def shard_name(split: str, modality: str, task: str, index: int, count: int) -> str:
-    """Relative shard path, e.g. ``train/text_audio/ASR/ASR-000003-of-000012.tar``."""
-    safe_task = _UNSAFE.sub("-", task)
-    return f"{split}/{modality}/{safe_task}/{safe_task}-{index:06d}-of-{count:06d}.tar"
+def shard_name(split: str, modality: str, task: str, index: int) -> str:
+    """Relative shard path, e.g. ``train/text_audio/ASR/ASR-000003.tar``.
+
+    A task name with characters unsafe in paths (possible for unknown stems) is cleaned
+    and suffixed with a hash of the raw name, so two tasks never share a folder. Shard
+    numbers can have gaps (a hash slot that drew no sample); the manifest lists what exists.
+    """
+    folder = _UNSAFE.sub("-", task)
+    if folder != task:
+        folder += "-" + hashlib.sha1(task.encode("utf-8")).hexdigest()[:8]
+    return f"{split}/{modality}/{folder}/{folder}-{index:06d}.tar"
 
 
 def _digest(seed: int, key: str) -> bytes:

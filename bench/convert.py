@@ -1,0 +1,341 @@
+"""Conversion throughput: the Ray pipeline against a one-process ShardWriter and ``tar``.
+
+Writes ONE corpus in the LLaSO-Eval layout (``text_audio/<stem>_test.json``, four task
+files, record shapes copied from ``tests/fixtures/llaso_eval_sample/text_audio``) with N
+records (default 2000), each pointing at its own clip of 4-12 s (uniform). Clips are
+mostly 16 kHz mono 16-bit wav (90 %), plus FLAC (6 %: half 16 kHz mono, half 44.1 kHz
+stereo) and MP3 (4 %, 24 kHz mono), written with soundfile. The signal is a slice of a
+speech-like source (harmonics + shaped noise under a syllable-rate envelope), so FLAC
+compresses it about as well as speech. About 0.6 GB for 2000 records.
+
+Then it measures, on that same corpus (best of ``--repeats`` runs each, default 2):
+
+* ``tar``: ``tar -cf OUT -C ROOT -T filelist`` of every audio file (the raw copy rate);
+* ``single_process_shardwriter``: what a user would write: one process iterates
+  ``llaso_data.corpus.iter_corpus``, reads each clip's bytes, checks it with
+  ``soundfile.info`` and writes json + audio with ``webdataset.ShardWriter(maxcount=1000)``;
+* ``ray_passthrough`` / ``ray_flac16k``: ``llaso_data.convert.convert`` with
+  ``samples_per_shard=1000`` on a local Ray with ``--cpus`` CPUs (default 2). The wall
+  time covers Ray Data planning and execution and the final manifest/index, not
+  ``ray.init``; one tiny conversion runs first so that worker start-up is not counted.
+
+Page cache: before EVERY timed run all audio files are read once (``cat FILES >
+/dev/null``), so every method starts with the audio in a warm cache; output goes to the
+same disk (a fresh folder per run, deleted afterwards).
+
+MB/s is always input audio bytes per second, so ``passthrough_over_tar`` compares like
+with like. Goals: ``passthrough_over_single_process`` >= 1.5 (samples/s),
+``passthrough_over_tar`` >= 0.5 (MB/s), ``flac16k_audio_seconds_per_s_per_core`` >= 2000.
+
+    python bench/convert.py                 # readable table
+    python bench/convert.py --json          # one JSON object
+    python bench/convert.py --profile flac16k   # also cProfile write_shard outside Ray
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+REPO = Path(__file__).resolve().parents[1]
+try:
+    import llaso_data  # noqa: F401  (installed, or on PYTHONPATH: lets a patched copy be measured)
+except ImportError:
+    sys.path.insert(0, str(REPO))
+FIXTURES = REPO / "tests" / "fixtures" / "llaso_eval_sample" / "text_audio"
+TASK_FILES = ("ASR_test.json", "meld_ER_classification_test.json",
+              "common-voice_gender_classification_test.json", "vctk_accent_classification_test.json")
+SAMPLES_PER_SHARD = 1000
+GOALS = {"passthrough_over_single_process": 1.5, "passthrough_over_tar": 0.5,
+         "flac16k_audio_seconds_per_s_per_core": 2000}
+
+
+# --------------------------------------------------------------------------------------
+# Corpus
+# --------------------------------------------------------------------------------------
+
+
+def _speech_like(seconds: float, rate: int, rng: np.random.Generator) -> np.ndarray:
+    """A speech-like mono signal: voiced harmonics plus shaped noise, syllable envelope."""
+    n = int(seconds * rate)
+    t = np.arange(n, dtype=np.float64) / rate
+    f0 = 110 + 40 * np.sin(2 * np.pi * 0.3 * t) + rng.uniform(-20, 20)
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 9))
+    noise = rng.standard_normal(n)
+    noise = np.convolve(noise, np.ones(6) / 6, mode="same")  # low-pass a little
+    envelope = np.clip(np.sin(2 * np.pi * 4.0 * t + rng.uniform(0, 6.28)), 0, None) ** 2
+    pauses = (np.sin(2 * np.pi * 0.25 * t + rng.uniform(0, 6.28)) > -0.7).astype(np.float64)
+    signal = (0.25 * voiced + 0.05 * noise) * (0.1 + envelope) * pauses + 0.002 * rng.standard_normal(n)
+    return (0.6 * signal / max(np.abs(signal).max(), 1e-9)).astype(np.float32)
+
+
+def _clip_format(i: int) -> tuple[str, int, int]:
+    """(extension, rate, channels) of clip ``i``: 90 % wav 16k, 6 % flac, 4 % mp3."""
+    slot = i % 50
+    if slot in (7, 32):
+        return "mp3", 24000, 1
+    if slot in (3, 19, 41):
+        return "flac", (16000, 44100)[i % 2], (1, 2)[i % 2]
+    return "wav", 16000, 1
+
+
+def write_corpus(root: Path, samples: int, seed: int = 0) -> dict:
+    """Write the corpus under ``root``; return its audio file list, bytes and seconds."""
+    rng = np.random.default_rng(seed)
+    sources = {rate: _speech_like(40.0, rate, rng) for rate in (16000, 24000, 44100)}
+    files: list[str] = []
+    seconds_total = 0.0
+    per_file = [samples // len(TASK_FILES) + (1 if k < samples % len(TASK_FILES) else 0)
+                for k in range(len(TASK_FILES))]
+    ordinal = 0
+    for name, count in zip(TASK_FILES, per_file):
+        templates = json.loads((FIXTURES / name).read_text("utf-8"))
+        task = name.removesuffix("_test.json")
+        records = []
+        for i in range(count):
+            ext, rate, channels = _clip_format(ordinal)
+            seconds = float(np.round(rng.uniform(4.0, 12.0), 3))
+            source = sources[rate]
+            start = int(rng.integers(0, len(source) - int(seconds * rate)))
+            wave = source[start:start + int(seconds * rate)] * rng.uniform(0.3, 1.0)
+            if channels == 2:
+                wave = np.stack([wave, np.roll(wave, 37) * 0.8], axis=1)
+            relative = f"bench_audio/{task}/{i // 250:03d}/{task}_{i:06d}.{ext}"
+            path = root / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            subtype = "MPEG_LAYER_III" if ext == "mp3" else "PCM_16"
+            soundfile.write(path, wave, rate, subtype=subtype)
+            files.append(relative)
+            seconds_total += len(wave) / rate
+            template = templates[i % len(templates)]
+            record = {**template, "voice": [relative.replace(f"/{task}_", f"\\{task}_")]}
+            if "index" in template or task == "ASR":
+                record["index"] = i
+            records.append(record)
+            ordinal += 1
+        folder = root / "text_audio"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    size = sum((root / f).stat().st_size for f in files)
+    return {"files": files, "bytes": size, "seconds": seconds_total}
+
+
+def warm_cache(root: Path, files: list[str]) -> None:
+    """Read every audio file once (``cat > /dev/null``) so the page cache is warm."""
+    subprocess.run(["xargs", "-0", "cat"], input="\0".join(str(root / f) for f in files).encode(),
+                   stdout=subprocess.DEVNULL, check=True)
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------------------
+# Methods
+# --------------------------------------------------------------------------------------
+
+
+def run_tar(root: Path, files: list[str], scratch: Path) -> dict:
+    listing = scratch / "filelist.txt"
+    listing.write_text("\n".join(files) + "\n")
+    target = scratch / "audio.tar"
+    start = time.perf_counter()
+    subprocess.run(["tar", "-cf", str(target), "-C", str(root), "-T", str(listing)], check=True)
+    seconds = time.perf_counter() - start
+    size = target.stat().st_size
+    target.unlink()
+    return {"seconds": seconds, "out_bytes": size}
+
+
+def run_single_process(root: Path, scratch: Path) -> dict:
+    """iter_corpus + read bytes + soundfile.info + webdataset.ShardWriter(maxcount=1000)."""
+    import webdataset
+    from llaso_data.corpus import iter_corpus
+    from llaso_data.records import Sample
+
+    out = scratch / "wds"
+    out.mkdir()
+    start = time.perf_counter()
+    written = 0
+    with webdataset.ShardWriter(str(out / "shard-%06d.tar"), maxcount=SAMPLES_PER_SHARD, verbose=0) as sink:
+        for item in iter_corpus(root):
+            if not isinstance(item, Sample):
+                continue
+            member = {"__key__": item.key, "json": item.to_json().encode("utf-8")}
+            for i, relative in enumerate(item.audio):
+                data = (root / relative).read_bytes()
+                soundfile.info(io.BytesIO(data))
+                member[f"audio{i}.{relative.rsplit('.', 1)[-1].lower()}"] = data
+            sink.write(member)
+            written += 1
+    seconds = time.perf_counter() - start
+    size = _du(out)
+    shutil.rmtree(out)
+    return {"seconds": seconds, "written": written, "out_bytes": size}
+
+
+def run_ray(root: Path, scratch: Path, mode: str) -> dict:
+    from llaso_data.convert import ConvertOptions, convert
+
+    out = scratch / f"ray-{mode}"
+    start = time.perf_counter()
+    report = convert(ConvertOptions(root, out, audio_root=None, audio_mode=mode,
+                                    samples_per_shard=SAMPLES_PER_SHARD, seed=0))
+    seconds = time.perf_counter() - start
+    size = sum(p.stat().st_size for p in out.rglob("*.tar"))
+    shutil.rmtree(out)
+    if not report.identity_holds or report.rejected:
+        raise RuntimeError(f"conversion report looks wrong: {report.to_dict()}")
+    return {"seconds": seconds, "written": report.written, "shards": report.shards,
+            "audio_seconds": report.audio_seconds, "out_bytes": size}
+
+
+def best(runs: list[dict]) -> dict:
+    chosen = dict(min(runs, key=lambda r: r["seconds"]))
+    chosen["all_seconds"] = [round(r["seconds"], 3) for r in runs]
+    return chosen
+
+
+def profile_write_shard(root: Path, scratch: Path, mode: str, limit: int, top: int = 25) -> None:
+    """cProfile ``write_shard`` (one process, no Ray) on the first ``limit`` samples."""
+    from llaso_data.corpus import iter_corpus
+    from llaso_data.records import Sample
+    from llaso_data.shards import write_shard
+
+    samples = [s for s in iter_corpus(root) if isinstance(s, Sample)][:limit]
+    warm_cache(root, [a for s in samples for a in s.audio])
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    write_shard(scratch / "profile", "p.tar", samples, root, mode, 0)
+    profiler.disable()
+    seconds = time.perf_counter() - start
+    shutil.rmtree(scratch / "profile")
+    print(f"# write_shard({mode}) on {len(samples)} samples: {seconds:.2f} s "
+          f"({len(samples) / seconds:.0f} samples/s, one process, under cProfile)", file=sys.stderr)
+    stream = io.StringIO()
+    pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(top)
+    print(stream.getvalue(), file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per method; the best counts")
+    parser.add_argument("--cpus", type=int, default=2, help="num_cpus of the local Ray")
+    parser.add_argument("--workdir", type=Path, default=None, help="parent of the temporary folder")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--profile", choices=("passthrough", "flac16k"), action="append", default=[],
+                        help="also cProfile write_shard in this mode (to stderr); repeatable")
+    parser.add_argument("--profile-samples", type=int, default=500)
+    parser.add_argument("--skip-ray", action="store_true", help="only the baselines (and --profile)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-convert-", dir=args.workdir) as tmp:
+        tmp = Path(tmp)
+        root, scratch = tmp / "corpus", tmp / "scratch"
+        scratch.mkdir()
+        start = time.perf_counter()
+        corpus = write_corpus(root, args.samples)
+        generate_seconds = time.perf_counter() - start
+        files = corpus["files"]
+        mb = corpus["bytes"] / 2**20
+
+        def timed(method, *extra) -> dict:
+            runs = []
+            for _ in range(args.repeats):
+                warm_cache(root, files)
+                runs.append(method(*extra))
+            return best(runs)
+
+        tar = timed(run_tar, root, files, scratch)
+        single = timed(run_single_process, root, scratch)
+        for mode in args.profile:
+            profile_write_shard(root, scratch, mode, args.profile_samples)
+
+        ray_cpus = None
+        passthrough = flac = None
+        if not args.skip_ray:
+            import ray
+            from llaso_data.ray_local import init_ray
+
+            init_ray(None, num_cpus=args.cpus)
+            try:
+                ray_cpus = int(ray.cluster_resources().get("CPU", args.cpus))
+                warm_root = tmp / "warmup"
+                write_corpus(warm_root, 8)
+                for mode in ("passthrough", "flac16k"):
+                    run_ray(warm_root, scratch, mode)
+                passthrough = timed(run_ray, root, scratch, "passthrough")
+                flac = timed(run_ray, root, scratch, "flac16k")
+            finally:
+                ray.shutdown()
+
+    n, audio_s = args.samples, corpus["seconds"]
+    figures: dict = {
+        "corpus": {"samples": n, "audio_files": len(files), "audio_mb": round(mb, 1),
+                   "audio_seconds": round(audio_s, 1), "generate_seconds": round(generate_seconds, 1),
+                   "task_files": len(TASK_FILES), "samples_per_shard": SAMPLES_PER_SHARD},
+        "repeats": args.repeats,
+        "page_cache": "warm (all audio read once before every timed run)",
+        "tar": {"seconds": round(tar["seconds"], 3), "all_seconds": tar["all_seconds"],
+                "mb_per_s": round(mb / tar["seconds"], 1), "files_per_s": round(len(files) / tar["seconds"])},
+        "single_process_shardwriter": {
+            "seconds": round(single["seconds"], 3), "all_seconds": single["all_seconds"],
+            "samples_per_s": round(single["written"] / single["seconds"], 1),
+            "audio_seconds_per_s": round(audio_s / single["seconds"]), "mb_per_s": round(mb / single["seconds"], 1)},
+    }
+    if passthrough:
+        figures["ray_cpus"] = ray_cpus
+        figures["ray_passthrough"] = {
+            "seconds": round(passthrough["seconds"], 3), "all_seconds": passthrough["all_seconds"],
+            "samples_per_s": round(passthrough["written"] / passthrough["seconds"], 1),
+            "audio_seconds_per_s": round(passthrough["audio_seconds"] / passthrough["seconds"]),
+            "mb_per_s": round(mb / passthrough["seconds"], 1), "shards": passthrough["shards"],
+            "out_mb": round(passthrough["out_bytes"] / 2**20, 1)}
+        figures["ray_flac16k"] = {
+            "seconds": round(flac["seconds"], 3), "all_seconds": flac["all_seconds"],
+            "samples_per_s": round(flac["written"] / flac["seconds"], 1),
+            "audio_seconds_per_s": round(flac["audio_seconds"] / flac["seconds"]),
+            "audio_seconds_per_s_per_core": round(flac["audio_seconds"] / flac["seconds"] / ray_cpus),
+            "shards": flac["shards"], "out_mb": round(flac["out_bytes"] / 2**20, 1)}
+        ratios = {
+            "passthrough_over_single_process": round(
+                figures["ray_passthrough"]["samples_per_s"] / figures["single_process_shardwriter"]["samples_per_s"], 3),
+            "passthrough_over_tar": round(figures["ray_passthrough"]["mb_per_s"] / figures["tar"]["mb_per_s"], 3),
+            "flac16k_audio_seconds_per_s_per_core": figures["ray_flac16k"]["audio_seconds_per_s_per_core"],
+        }
+        figures["ratios"] = ratios
+        figures["goals_met"] = {k: ratios[k] >= goal for k, goal in GOALS.items()}
+
+    if args.json:
+        print(json.dumps(figures))
+        return
+    for section, value in figures.items():
+        if isinstance(value, dict):
+            print(section)
+            for name, item in value.items():
+                print(f"  {name:<40} {item}")
+        else:
+            print(f"{section:<42} {value}")
+
+
+if __name__ == "__main__":
+    main()
