@@ -248,6 +248,7 @@ def main() -> None:
     parser.add_argument("--skip-ray", action="store_true", help="only the baselines (and --profile)")
     args = parser.parse_args()
 
+    load_start = round(os.getloadavg()[0], 2)  # other work on the machine skews every figure
     with tempfile.TemporaryDirectory(prefix="bench-convert-", dir=args.workdir) as tmp:
         tmp = Path(tmp)
         root, scratch = tmp / "corpus", tmp / "scratch"
@@ -276,7 +277,11 @@ def main() -> None:
             import ray
             from llaso_data.ray_local import init_ray
 
-            init_ray(None, num_cpus=args.cpus)
+            try:
+                init_ray(None, num_cpus=args.cpus)
+            except Exception:  # a busy machine can time out the first start; try once more
+                ray.shutdown()
+                init_ray(None, num_cpus=args.cpus)
             try:
                 ray_cpus = int(ray.cluster_resources().get("CPU", args.cpus))
                 warm_root = tmp / "warmup"
@@ -295,6 +300,7 @@ def main() -> None:
                    "task_files": len(TASK_FILES), "samples_per_shard": SAMPLES_PER_SHARD},
         "repeats": args.repeats,
         "page_cache": "warm (all audio read once before every timed run)",
+        "load_average_1min": {"start": load_start, "end": round(os.getloadavg()[0], 2)},
         "tar": {"seconds": round(tar["seconds"], 3), "all_seconds": tar["all_seconds"],
                 "mb_per_s": round(mb / tar["seconds"], 1), "files_per_s": round(len(files) / tar["seconds"])},
         "single_process_shardwriter": {

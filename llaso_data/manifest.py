@@ -49,18 +49,28 @@ def write_table(path: Path, rows: list[dict], schema: pa.Schema) -> None:
 
 
 class StreamingTableWriter:
-    """Append batches of rows to one Parquet file without holding them all; atomic on close."""
+    """Append rows to one Parquet file holding at most one row group in memory; atomic on
+    close. Rows arrive sorted by shard, so each row group's min/max statistics let a reader
+    that filters on ``shard`` skip the groups it does not need."""
 
-    def __init__(self, path: Path, schema: pa.Schema):
-        self._path, self._schema = path, schema
+    def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int = 65536):
+        self._path, self._schema, self._limit = path, schema, row_group_rows
         self._temporary = path.with_name(path.name + ".tmp")
         self._writer = pq.ParquetWriter(self._temporary, schema)
+        self._pending: list[dict] = []
 
     def write(self, rows: list[dict]) -> None:
-        if rows:
-            self._writer.write_table(pa.Table.from_pylist(rows, schema=self._schema))
+        self._pending.extend(rows)
+        while len(self._pending) >= self._limit:
+            self._flush(self._pending[:self._limit])
+            self._pending = self._pending[self._limit:]
+
+    def _flush(self, rows: list[dict]) -> None:
+        self._writer.write_table(pa.Table.from_pylist(rows, schema=self._schema))
 
     def close(self) -> None:
+        if self._pending:
+            self._flush(self._pending)
         self._writer.close()
         self._temporary.replace(self._path)
 

@@ -1,0 +1,355 @@
+"""Epoch planning from metadata only: which samples each rank and worker serves, in which
+batches, in which order. Reads ``manifest.parquet`` and the rows of ``index.parquet`` for the
+shards one rank touches; never opens a tar.
+
+Legend for shapes: ``E`` samples in the epoch (after mixing), ``R`` ranks, ``L = E // R``
+samples per rank, ``K`` batches per rank, ``W`` loader workers per rank.
+
+The plan of an epoch:
+
+1. **Select** shards by split / modality / task (:class:`Selection`).
+2. **Mix**: integer quotas per task that follow the weights exactly (largest remainder),
+   :func:`task_quotas`. A task whose quota exceeds its size is up-sampled by whole passes
+   plus a seeded remainder; one below its size is down-sampled without repetition.
+3. **Spread** each task's quota over its shards (largest remainder, seeded ties), pick the
+   positions inside each shard with a seeded permutation, order shards by a seeded
+   per-epoch permutation. This gives one global sequence of ``E`` slots.
+4. **Split** the sequence into ``R`` contiguous, equally long rank ranges (the remainder is
+   dropped, or filled by wrapping around when ``remainder="pad"``).
+5. **Shuffle** inside each rank by seeded permutations of consecutive blocks of
+   ``shuffle_block`` slots (a bounded shuffle buffer whose state at any batch can be
+   recomputed without replaying the epoch: exact resume costs no I/O).
+6. **Batch**: ``batch_size`` consecutive slots, or dynamic batches under a token budget
+   with length buckets inside each block. Every rank ends with the same ``K``: equal by
+   construction for fixed batches; for dynamic batches the ranks agree on the smallest
+   count (``agree``) and drop the rest, which the plan reports.
+7. **Workers**: from the first batch ``s`` still to serve, batch ``j`` goes to worker
+   ``(j - s) % W``, the order in which a ``torch.utils.data.DataLoader`` collects them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .manifest import INDEX_FILE, read_manifest
+
+
+def seeded_rng(*parts: object) -> np.random.Generator:
+    """A numpy generator seeded by a stable hash of ``parts`` (not Python's ``hash``)."""
+    digest = hashlib.blake2b(repr(parts).encode("utf-8"), digest_size=16).digest()
+    return np.random.default_rng(int.from_bytes(digest, "little"))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which strata to use; ``None`` means all."""
+
+    splits: tuple[str, ...] | None = ("train",)
+    modalities: tuple[str, ...] | None = None
+    tasks: tuple[str, ...] | None = None
+
+    def keeps(self, split: str, modality: str, task: str) -> bool:
+        return ((self.splits is None or split in self.splits)
+                and (self.modalities is None or modality in self.modalities)
+                and (self.tasks is None or task in self.tasks))
+
+
+@dataclass(frozen=True)
+class Mixing:
+    """How tasks are weighted in an epoch.
+
+    ``mode``: ``natural`` (proportional to size), ``uniform`` (equal per task),
+    ``temperature`` (size ** (1 / temperature), normalised) or ``explicit`` (``weights`` by
+    task; tasks absent from it get weight 0). ``epoch_samples`` defaults to the number of
+    selected samples.
+    """
+
+    mode: str = "natural"
+    temperature: float = 1.0
+    weights: dict[str, float] | None = None
+    epoch_samples: int | None = None
+
+    def __post_init__(self):
+        if self.mode not in ("natural", "uniform", "temperature", "explicit"):
+            raise ValueError(f"unknown mixing mode {self.mode!r}")
+        if self.mode == "explicit" and not self.weights:
+            raise ValueError("explicit mixing needs weights")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be positive")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Fixed ``batch_size`` samples, or (``max_tokens`` set) dynamic batches whose padded
+    cost ``len(batch) * max(sample cost)`` stays within ``max_tokens``, where a sample's
+    cost is its audio tokens (``audio_tokens_per_second`` x seconds) plus its text tokens
+    (text characters / ``chars_per_token``)."""
+
+    batch_size: int | None = 8
+    max_tokens: int | None = None
+    audio_tokens_per_second: float = 25.0
+    chars_per_token: float = 4.0
+    remainder: str = "drop"
+
+    def __post_init__(self):
+        if (self.batch_size is None) == (self.max_tokens is None):
+            raise ValueError("set exactly one of batch_size and max_tokens")
+        if self.remainder not in ("drop", "pad"):
+            raise ValueError("remainder must be 'drop' or 'pad'")
+
+    @property
+    def dynamic(self) -> bool:
+        return self.max_tokens is not None
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    selection: Selection = Selection()
+    mixing: Mixing = Mixing()
+    batching: Batching = Batching()
+    seed: int = 0
+    shuffle_block: int = 1024
+
+
+@dataclass
+class ShardTable:
+    """The manifest rows of the selected shards, as arrays (length S)."""
+
+    names: list[str]
+    tasks: np.ndarray          # (S,) object, task per shard
+    sizes: np.ndarray          # (S,) int64, samples per shard
+
+    @classmethod
+    def load(cls, out: Path, selection: Selection) -> "ShardTable":
+        rows = read_manifest(out).select(["shard", "split", "modality", "task", "num_samples"]).to_pylist()
+        kept = sorted((r for r in rows if selection.keeps(r["split"], r["modality"], r["task"])),
+                      key=lambda r: r["shard"])
+        if not kept:
+            raise ValueError(f"{out}: no shard matches {selection}")
+        return cls([r["shard"] for r in kept], np.array([r["task"] for r in kept], dtype=object),
+                   np.array([r["num_samples"] for r in kept], dtype=np.int64))
+
+
+def task_quotas(sizes: dict[str, int], mixing: Mixing) -> dict[str, int]:
+    """Samples per task in one epoch; sums exactly to the epoch size.
+
+    >>> task_quotas({"ASR": 90, "SGC": 10}, Mixing("uniform"))
+    {'ASR': 50, 'SGC': 50}
+    """
+    tasks = sorted(sizes)
+    counts = np.array([sizes[t] for t in tasks], dtype=np.float64)
+    if mixing.mode == "natural":
+        weights = counts
+    elif mixing.mode == "uniform":
+        weights = np.ones_like(counts)
+    elif mixing.mode == "temperature":
+        weights = counts ** (1.0 / mixing.temperature)
+    else:
+        weights = np.array([mixing.weights.get(t, 0.0) for t in tasks], dtype=np.float64)
+    if weights.sum() <= 0:
+        raise ValueError("mixing weights sum to zero over the selected tasks")
+    total = mixing.epoch_samples if mixing.epoch_samples is not None else int(counts.sum())
+    return dict(zip(tasks, _largest_remainder(weights / weights.sum() * total, total).tolist()))
+
+
+def _largest_remainder(exact: np.ndarray, total: int, tiebreak: np.ndarray | None = None) -> np.ndarray:
+    """Integers summing to ``total``, each the floor or ceiling of ``exact``."""
+    floors = np.floor(exact).astype(np.int64)
+    missing = int(total - floors.sum())
+    if missing:
+        fraction = exact - floors
+        order = np.lexsort((tiebreak if tiebreak is not None else np.arange(len(exact)), -fraction))
+        floors[order[:missing]] += 1
+    return floors
+
+
+@dataclass
+class RankPlan:
+    """One rank's epoch.
+
+    ``shard_names`` are indexed by ``shard``; ``shard``/``offset``/``seconds``/``chars`` are
+    per slot (length L); ``batches`` holds, for each of the K batches, the slot numbers it
+    serves, in order. ``dropped_batches`` counts dynamic batches dropped to match the other
+    ranks; ``padded_slots`` counts slots added by ``remainder="pad"``.
+    """
+
+    epoch: int
+    rank: int
+    world_size: int
+    shard_names: list[str]
+    shard: np.ndarray
+    offset: np.ndarray
+    seconds: np.ndarray
+    chars: np.ndarray
+    batches: list[np.ndarray] = field(default_factory=list)
+    dropped_batches: int = 0
+    padded_slots: int = 0
+
+    def worker_batches(self, worker: int, num_workers: int, start: int = 0) -> list[int]:
+        """Batch numbers worker ``worker`` of ``num_workers`` serves from batch ``start`` on:
+        ``start + worker``, ``start + worker + W``, ... (a DataLoader collects from workers
+        0, 1, ..., W-1 in turn, so this is exactly the planned order)."""
+        return list(range(start + worker, len(self.batches), max(num_workers, 1)))
+
+
+def _global_slots(shards: ShardTable, config: PlanConfig, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shard order and take counts: returns (shard ids in epoch order, slots per shard)."""
+    task_sizes: dict[str, int] = {}
+    for task, size in zip(shards.tasks, shards.sizes):
+        task_sizes[task] = task_sizes.get(task, 0) + int(size)
+    quotas = task_quotas(task_sizes, config.mixing)
+    takes = np.zeros(len(shards.names), dtype=np.int64)
+    for task, quota in quotas.items():
+        members = np.flatnonzero(shards.tasks == task)
+        sizes = shards.sizes[members]
+        passes, rest = divmod(quota, int(sizes.sum()))
+        tiebreak = seeded_rng(config.seed, epoch, "spread", task).permutation(len(members))
+        takes[members] = passes * sizes + _largest_remainder(sizes / sizes.sum() * rest, rest, tiebreak)
+    order = seeded_rng(config.seed, epoch, "shard-order").permutation(len(shards.names))
+    order = order[takes[order] > 0]
+    return order, takes
+
+
+def _positions_in_shard(size: int, take: int, seed: int, epoch: int, name: str) -> np.ndarray:
+    """The ``take`` positions (0-based sample numbers) served from a shard of ``size``:
+    whole passes, then a seeded subset; ascending within each pass (sequential reads)."""
+    passes, rest = divmod(take, size)
+    chosen = np.sort(seeded_rng(seed, epoch, "pick", name).permutation(size)[:rest])
+    return np.concatenate([np.tile(np.arange(size), passes), chosen]).astype(np.int64)
+
+
+def _rank_range(total: int, world_size: int, rank: int, batching: Batching) -> tuple[int, int, int]:
+    """(start, length, padded) of a rank's slots in the global sequence."""
+    unit = batching.batch_size if not batching.dynamic else 1
+    per_rank = total // (world_size * unit) * unit
+    if batching.remainder == "pad" and per_rank * world_size < total:
+        per_rank += unit
+    start = rank * per_rank
+    padded = max(0, start + per_rank - total) - max(0, start - total)
+    return start, per_rank, min(padded, per_rank)
+
+
+def plan_rank(out: Path, config: PlanConfig, epoch: int, world_size: int, rank: int,
+              shards: ShardTable | None = None,
+              agree: Callable[[int], int] | None = None) -> RankPlan:
+    """The epoch plan of one rank. ``agree`` maps this rank's dynamic batch count to the
+    count all ranks use (the minimum over ranks; e.g. an all-reduce MIN); without it the
+    rank keeps its own count, which is only safe with one rank."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world size {world_size}")
+    shards = shards or ShardTable.load(out, config.selection)
+    order, takes = _global_slots(shards, config, epoch)
+    ends = np.cumsum(takes[order])
+    total = int(ends[-1]) if len(ends) else 0
+    start, length, padded = _rank_range(total, world_size, rank, config.batching)
+    if length == 0:
+        raise ValueError(f"epoch of {total} samples is too small for {world_size} ranks")
+    wanted = np.arange(start, start + length) % total           # global slot numbers (wrap = pad)
+    owner = np.searchsorted(ends, wanted, side="right")         # position in `order`
+    needed = np.unique(owner)
+    names = [shards.names[order[i]] for i in needed]
+    index = _load_index_rows(out, names)
+    shard_of_slot = np.searchsorted(needed, owner).astype(np.int32)
+    slot_offset = np.empty(length, np.int64)
+    slot_seconds = np.empty(length, np.float32)
+    slot_chars = np.empty(length, np.int64)
+    for local, position_in_order in enumerate(needed):
+        shard_id = order[position_in_order]
+        name = shards.names[shard_id]
+        rows = index[name]
+        positions = _positions_in_shard(int(shards.sizes[shard_id]), int(takes[shard_id]), config.seed, epoch, name)
+        first = int(ends[position_in_order] - takes[shard_id])
+        mask = shard_of_slot == local
+        picked = positions[wanted[mask] - first]
+        slot_offset[mask] = rows["offset"][picked]
+        slot_seconds[mask] = rows["audio_seconds"][picked]
+        slot_chars[mask] = rows["text_chars"][picked]
+    plan = RankPlan(epoch, rank, world_size, names, shard_of_slot, slot_offset, slot_seconds, slot_chars,
+                    padded_slots=padded)
+    emission = _block_shuffle(length, config.shuffle_block, config.seed, epoch, rank)
+    if config.batching.dynamic:
+        batches = _dynamic_batches(emission, _slot_costs(plan, config.batching), config, epoch, rank)
+        count = agree(len(batches)) if agree else len(batches)
+        if count > len(batches):
+            raise ValueError(f"agreed batch count {count} exceeds this rank's {len(batches)}")
+        plan.dropped_batches = len(batches) - count
+        plan.batches = batches[:count]
+    else:
+        size = config.batching.batch_size
+        plan.batches = [emission[i:i + size] for i in range(0, length, size)]
+    return plan
+
+
+def _load_index_rows(out: Path, names: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+    """Index columns of the given shards, per shard, in shard order (row-group pruned)."""
+    table = pq.read_table(out / INDEX_FILE, columns=["shard", "offset", "audio_seconds", "text_chars"],
+                          filters=[("shard", "in", list(names))], read_dictionary=["shard"])
+    table = table.sort_by([("shard", "ascending"), ("offset", "ascending")])
+    encoded = table["shard"].combine_chunks()
+    if not pa.types.is_dictionary(encoded.type):
+        encoded = encoded.dictionary_encode()
+    codes = encoded.indices.to_numpy()
+    labels = encoded.dictionary.to_pylist()
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1, [len(codes)]])
+    columns = {c: table[c].to_numpy() for c in ("offset", "audio_seconds", "text_chars")}
+    rows = {}
+    for begin, end in zip(bounds[:-1], bounds[1:]):
+        rows[labels[codes[begin]]] = {c: values[begin:end] for c, values in columns.items()}
+    missing = set(names) - set(rows)
+    if missing:
+        raise ValueError(f"{out / INDEX_FILE} has no rows for shards {sorted(missing)[:3]}")
+    return rows
+
+
+def _block_shuffle(length: int, block: int, seed: int, epoch: int, rank: int) -> np.ndarray:
+    """Slot numbers ``0..length-1`` permuted inside consecutive blocks of ``block``."""
+    pieces = []
+    for number, begin in enumerate(range(0, length, block)):
+        end = min(begin + block, length)
+        pieces.append(begin + seeded_rng(seed, epoch, rank, "block", number).permutation(end - begin))
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+
+
+def _slot_costs(plan: RankPlan, batching: Batching) -> np.ndarray:
+    """Token cost of each slot: audio tokens plus text tokens, (L,) float64."""
+    return (plan.seconds.astype(np.float64) * batching.audio_tokens_per_second
+            + plan.chars / batching.chars_per_token)
+
+
+def _dynamic_batches(emission: np.ndarray, costs: np.ndarray, config: PlanConfig, epoch: int,
+                     rank: int) -> list[np.ndarray]:
+    """Length-bucketed batches under the padded-cost budget, built block by block."""
+    budget = config.batching.max_tokens
+    block = config.shuffle_block
+    batches: list[np.ndarray] = []
+    for number, begin in enumerate(range(0, len(emission), block)):
+        slots = emission[begin:begin + block]
+        slots = slots[np.argsort(costs[slots], kind="stable")]
+        block_batches, current, longest = [], [], 0.0
+        for slot in slots:
+            cost = costs[slot]
+            if current and max(longest, cost) * (len(current) + 1) > budget:
+                block_batches.append(np.array(current))
+                current, longest = [], 0.0
+            current.append(slot)
+            longest = max(longest, cost)
+        if current:
+            block_batches.append(np.array(current))
+        order = seeded_rng(config.seed, epoch, rank, "batches", number).permutation(len(block_batches))
+        batches.extend(block_batches[i] for i in order)
+    return batches
+
+
+def padding_ratio(plan: RankPlan, batching: Batching) -> float:
+    """Share of padded positions over all batches: ``1 - sum(cost) / sum(len * max cost)``."""
+    costs = _slot_costs(plan, batching)
+    used = sum(float(costs[b].sum()) for b in plan.batches)
+    padded = sum(float(costs[b].max()) * len(b) for b in plan.batches if len(b))
+    return 1.0 - used / padded if padded else 0.0

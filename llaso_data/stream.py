@@ -1,0 +1,213 @@
+"""Stream planned batches out of the shards: the dataset workers run, and the loader the
+trainer iterates (with exact resume).
+
+Shapes in a batch (``B`` samples, ``C`` audio chunks over the batch, ``N`` longest chunk in
+samples, ``T`` longest token sequence):
+
+* ``keys``: list[str] (B); ``tasks``: list[str] (B); ``samples``: list[Sample] (B)
+* ``chunks``: float32 (C, N) 16 kHz mono, zero-padded; ``chunk_lengths``: int64 (C,);
+  ``chunk_sample``: int64 (C,) sample of each chunk; ``chunk_tokens``: int64 (C,) audio
+  tokens each chunk becomes
+* with a renderer: ``input_ids`` int64 (B, T) padded with ``pad_id``; ``labels`` int64
+  (B, T) padded with -100; ``attention_mask`` int64 (B, T); ``chunk_start``: int64 (C,)
+  position in its sample's ``input_ids`` where the chunk's tokens begin
+* ``skipped``: samples left out of this batch (corrupt with ``on_corrupt="skip"``, or too
+  long to render), by reason
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .plan import PlanConfig, RankPlan, ShardTable, plan_rank
+from .records import Sample
+from .tar_access import CorruptShardError, ShardReader
+from .waveform import WaveformConfig, chunk_waveform, decode_clip
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Everything a rank's stream needs besides its rank: the converted corpus, the plan,
+    the waveform windows and what to do with a corrupt sample (``raise`` or ``skip``)."""
+
+    out: Path
+    plan: PlanConfig = PlanConfig()
+    waveform: WaveformConfig = WaveformConfig()
+    on_corrupt: str = "raise"
+
+    def __post_init__(self):
+        if self.on_corrupt not in ("raise", "skip"):
+            raise ValueError("on_corrupt must be 'raise' or 'skip'")
+
+
+Renderer = Callable[[Sample, list[int]], object]
+"""``render(sample, audio_tokens_per_clip) -> object with input_ids, labels, audio_spans``;
+raises ``ValueError`` for a sample that cannot be rendered (reported, not trained on)."""
+
+
+class ShardStream(IterableDataset):
+    """One rank's batches for one epoch from ``start_batch`` on, split over DataLoader
+    workers in the order the DataLoader collects them."""
+
+    def __init__(self, config: StreamConfig, rank: int = 0, world_size: int = 1,
+                 render: Renderer | None = None, pad_id: int = 0,
+                 agree: Callable[[int], int] | None = None):
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.render, self.pad_id, self.agree = render, pad_id, agree
+        self._shards = ShardTable.load(config.out, config.plan.selection)
+        self.epoch = 0
+        self.start_batch = 0
+        self._plan: RankPlan | None = None
+
+    @property
+    def plan(self) -> RankPlan:
+        if self._plan is None or self._plan.epoch != self.epoch:
+            self._plan = plan_rank(self.config.out, self.config.plan, self.epoch, self.world_size, self.rank,
+                                   shards=self._shards, agree=self.agree)
+        return self._plan
+
+    def __len__(self) -> int:
+        return len(self.plan.batches)
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        plan = self.plan
+        reader = ShardReader(self.config.out)
+        try:
+            for number in plan.worker_batches(worker, workers, self.start_batch):
+                yield self._batch(plan, number, reader)
+        finally:
+            reader.close()
+
+    def _batch(self, plan: RankPlan, number: int, reader: ShardReader) -> dict:
+        samples, waveforms, skipped = [], [], {}
+        for slot in plan.batches[number]:
+            shard = plan.shard_names[plan.shard[slot]]
+            try:
+                sample, clips = reader.read(shard, int(plan.offset[slot]))
+                decoded = [chunk_waveform(decode_clip(c), self.config.waveform) for c in clips]
+            except (CorruptShardError, RuntimeError, ValueError) as error:
+                if self.config.on_corrupt == "raise":
+                    raise CorruptShardError(f"{error}") from error
+                skipped["corrupt"] = skipped.get("corrupt", 0) + 1
+                continue
+            samples.append(sample)
+            waveforms.append(decoded)
+        return collate(samples, waveforms, self.config.waveform, self.render, self.pad_id, skipped)
+
+
+def collate(samples: list[Sample], waveforms: list[list[list[np.ndarray]]], waveform: WaveformConfig,
+            render: Renderer | None, pad_id: int, skipped: dict[str, int]) -> dict:
+    """Build a batch dict (see the module docstring) from decoded samples.
+
+    ``waveforms[b][clip]`` is the list of 30 s windows of clip ``clip`` of sample ``b``.
+    """
+    rendered = []
+    if render is not None:
+        kept_samples, kept_waveforms = [], []
+        for sample, clips in zip(samples, waveforms):
+            tokens = [sum(waveform.tokens(len(w)) for w in windows) for windows in clips]
+            try:
+                rendered.append(render(sample, tokens))
+            except ValueError:
+                skipped["unrenderable"] = skipped.get("unrenderable", 0) + 1
+                continue
+            kept_samples.append(sample)
+            kept_waveforms.append(clips)
+        samples, waveforms = kept_samples, kept_waveforms
+    chunks, lengths, owners, tokens, starts = [], [], [], [], []
+    for b, clips in enumerate(waveforms):
+        for clip, windows in enumerate(clips):
+            position = _clip_start(rendered[b], clip) if rendered else 0
+            for window in windows:
+                chunks.append(window)
+                lengths.append(len(window))
+                owners.append(b)
+                count = waveform.tokens(len(window))
+                tokens.append(count)
+                starts.append(position)
+                position += count
+    longest = max(lengths, default=0)
+    audio = torch.zeros((len(chunks), longest), dtype=torch.float32)
+    for i, window in enumerate(chunks):
+        audio[i, :len(window)] = torch.from_numpy(window)
+    batch = {
+        "keys": [s.key for s in samples], "tasks": [s.task for s in samples], "samples": samples,
+        "chunks": audio, "chunk_lengths": torch.tensor(lengths, dtype=torch.int64),
+        "chunk_sample": torch.tensor(owners, dtype=torch.int64),
+        "chunk_tokens": torch.tensor(tokens, dtype=torch.int64), "skipped": skipped,
+    }
+    if render is not None:
+        batch.update(_pad_tokens(rendered, pad_id))
+        batch["chunk_start"] = torch.tensor(starts, dtype=torch.int64)
+    return batch
+
+
+def _clip_start(rendered, clip: int) -> int:
+    return next(start for start, _, index in rendered.audio_spans if index == clip)
+
+
+def _pad_tokens(rendered: list, pad_id: int) -> dict[str, torch.Tensor]:
+    longest = max((len(r.input_ids) for r in rendered), default=0)
+    ids = torch.full((len(rendered), longest), pad_id, dtype=torch.int64)
+    labels = torch.full((len(rendered), longest), IGNORE_INDEX, dtype=torch.int64)
+    mask = torch.zeros((len(rendered), longest), dtype=torch.int64)
+    for row, item in enumerate(rendered):
+        n = len(item.input_ids)
+        ids[row, :n] = torch.tensor(item.input_ids)
+        labels[row, :n] = torch.tensor(item.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+@dataclass
+class StreamLoader:
+    """The loader a trainer iterates: a DataLoader over :class:`ShardStream` that counts the
+    batches it has handed out, so ``state_dict()`` is exact (batches still prefetched in
+    workers are not counted and come again after a restart)."""
+
+    dataset: ShardStream
+    num_workers: int = 0
+    prefetch_factor: int = 2
+    batches_done: int = 0
+    skipped: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.dataset.epoch:
+            self.dataset.epoch, self.batches_done = epoch, 0
+
+    def __iter__(self) -> Iterator[dict]:
+        self.dataset.start_batch = self.batches_done
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                            prefetch_factor=self.prefetch_factor if self.num_workers else None,
+                            collate_fn=_identity)
+        for batch in loader:
+            self.batches_done += 1
+            for reason, count in batch["skipped"].items():
+                self.skipped[reason] = self.skipped.get(reason, 0) + count
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.dataset.epoch, "batches_done": self.batches_done,
+                "skipped": dict(self.skipped)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.dataset.epoch = int(state["epoch"])
+        self.batches_done = int(state["batches_done"])
+        self.skipped = dict(state.get("skipped", {}))
+
+
+def _identity(batch):
+    return batch

@@ -1,0 +1,90 @@
+"""Read one sample from a shard at a known byte offset, with explicit decoders only.
+
+Only the sample's ``.json`` member (parsed with ``json``) and its ``audioN.*`` members
+(returned as bytes, decoded later with soundfile) are read. Nothing is unpickled; a member
+of any other kind where a clip is expected is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+from .records import Sample
+
+
+class CorruptShardError(ValueError):
+    """A shard that cannot be read where the plan says; the message names shard and member."""
+
+
+class ShardReader:
+    """Keeps the shards one worker touches open; ``read(shard, offset)`` returns
+    ``(sample, [clip bytes, ...])``."""
+
+    def __init__(self, root: Path, max_open: int = 16):
+        self._root, self._max_open = root, max_open
+        self._open: dict[str, tarfile.TarFile] = {}
+
+    def _tar(self, shard: str) -> tarfile.TarFile:
+        tar = self._open.pop(shard, None)
+        if tar is None:
+            if len(self._open) >= self._max_open:
+                oldest = next(iter(self._open))
+                self._open.pop(oldest).close()
+            path = self._root / shard
+            try:
+                tar = tarfile.open(path, mode="r:")
+            except (OSError, tarfile.TarError) as error:
+                raise CorruptShardError(f"{shard}: cannot open as a tar: {error}") from None
+        self._open[shard] = tar  # most recently used last
+        return tar
+
+    def read(self, shard: str, offset: int) -> tuple[Sample, list[bytes]]:
+        tar = self._tar(shard)
+        member = self._member_at(tar, shard, offset)
+        if not member.name.endswith(".json"):
+            raise CorruptShardError(f"{shard}: member {member.name}: expected a sample's .json at byte {offset}")
+        sample = self._parse_sample(tar, shard, member)
+        clips = []
+        for index in range(len(sample.audio)):
+            clip = self._member_at(tar, shard, tar.offset)
+            expected = f"{sample.key}.audio{index}."
+            if not clip.name.startswith(expected) or clip.name.endswith((".pyd", ".pth", ".pkl", ".pickle")):
+                raise CorruptShardError(f"{shard}: member {clip.name}: expected {expected}<audio extension>")
+            clips.append(self._data(tar, shard, clip))
+        return sample, clips
+
+    def _member_at(self, tar: tarfile.TarFile, shard: str, offset: int) -> tarfile.TarInfo:
+        """Parse the member header (PAX headers included) at ``offset``."""
+        tar.fileobj.seek(offset)
+        try:
+            member = tarfile.TarInfo.fromtarfile(tar)
+        except (tarfile.HeaderError, tarfile.TarError, EOFError) as error:
+            raise CorruptShardError(f"{shard}: no valid member header at byte {offset} "
+                                    f"(truncated or corrupt shard): {error or type(error).__name__}") from None
+        if not member.isfile():
+            raise CorruptShardError(f"{shard}: member {member.name} at byte {offset} is not a file")
+        return member
+
+    def _data(self, tar: tarfile.TarFile, shard: str, member: tarfile.TarInfo) -> bytes:
+        tar.fileobj.seek(member.offset_data)
+        data = tar.fileobj.read(member.size)
+        if len(data) != member.size:
+            raise CorruptShardError(f"{shard}: member {member.name}: truncated ({len(data)} of {member.size} bytes)")
+        return data
+
+    def _parse_sample(self, tar: tarfile.TarFile, shard: str, member: tarfile.TarInfo) -> Sample:
+        data = self._data(tar, shard, member)
+        try:
+            sample = Sample.from_json(data)
+        except (ValueError, KeyError, TypeError) as error:
+            raise CorruptShardError(f"{shard}: member {member.name}: not a sample's JSON: {error}") from None
+        if f"{sample.key}.json" != member.name:
+            raise CorruptShardError(f"{shard}: member {member.name}: holds sample {sample.key!r}")
+        return sample
+
+    def close(self) -> None:
+        for tar in self._open.values():
+            tar.close()
+        self._open.clear()
