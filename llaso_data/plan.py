@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .manifest import INDEX_FILE, read_manifest
@@ -288,13 +287,13 @@ def plan_rank(out: Path, config: PlanConfig, epoch: int, world_size: int, rank: 
 
 
 def _load_index_rows(out: Path, names: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
-    """Index columns of the given shards, per shard, in shard order (row-group pruned)."""
+    """Index columns of the given shards, per shard (row-group pruned).
+
+    Relies on the index contract: rows grouped by shard, in shard order (offset ascending).
+    """
     table = pq.read_table(out / INDEX_FILE, columns=["shard", "offset", "audio_seconds", "text_chars"],
                           filters=[("shard", "in", list(names))], read_dictionary=["shard"])
-    table = table.sort_by([("shard", "ascending"), ("offset", "ascending")])
-    encoded = table["shard"].combine_chunks()
-    if not pa.types.is_dictionary(encoded.type):
-        encoded = encoded.dictionary_encode()
+    encoded = table.unify_dictionaries()["shard"].combine_chunks()
     codes = encoded.indices.to_numpy()
     labels = encoded.dictionary.to_pylist()
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1, [len(codes)]])
@@ -303,6 +302,8 @@ def _load_index_rows(out: Path, names: Sequence[str]) -> dict[str, dict[str, np.
     for begin, end in zip(bounds[:-1], bounds[1:]):
         rows[labels[codes[begin]]] = {c: values[begin:end] for c, values in columns.items()}
     missing = set(names) - set(rows)
+    if len(rows) != len(bounds) - 1:
+        raise ValueError(f"{out / INDEX_FILE}: rows of a shard are not contiguous")
     if missing:
         raise ValueError(f"{out / INDEX_FILE} has no rows for shards {sorted(missing)[:3]}")
     return rows
