@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from .records import Sample
 
@@ -319,3 +319,14 @@ def _truncate(rendered: Rendered, max_length: int, key: str, tail: int) -> Rende
     return Rendered(
         rendered.input_ids[:max_length], rendered.labels[:max_length], rendered.audio_spans
     )
+
+
+def renderer(tokenizer, fmt: ChatFormat = ChatFormat(), max_length: int | None = None
+             ) -> Callable[[Sample, Sequence[int]], Rendered]:
+    """``render`` bound to a tokenizer and format: the ``render`` hook of
+    :class:`llaso_data.stream.ShardStream`."""
+
+    def bound(sample: Sample, audio_tokens: Sequence[int]) -> Rendered:
+        return render(sample, tokenizer, audio_tokens, fmt, max_length)
+
+    return bound

@@ -25,12 +25,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .chat import IGNORE_INDEX
 from .plan import PlanConfig, RankPlan, ShardTable, plan_rank
 from .records import Sample
 from .tar_access import CorruptShardError, ShardReader
 from .waveform import WaveformConfig, chunk_waveform, decode_clip
-
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class StreamConfig:
 
 
 Renderer = Callable[[Sample, list[int]], object]
-"""``render(sample, audio_tokens_per_clip) -> object with input_ids, labels, audio_spans``;
+"""``render(sample, audio_tokens_per_clip) -> Rendered`` (see ``llaso_data.chat.renderer``);
 raises ``ValueError`` for a sample that cannot be rendered (reported, not trained on)."""
 
 

@@ -1,0 +1,258 @@
+"""The streaming loader on real converted shards: rank balance, exact quotas, shuffling,
+dynamic batches, exact resume, and safety against planted or truncated members."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import pickle
+import shutil
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from llaso_data.convert import ConvertOptions, convert
+from llaso_data.plan import Batching, Mixing, PlanConfig, Selection, padding_ratio, plan_rank, task_quotas
+from llaso_data.stream import ShardStream, StreamConfig, StreamLoader
+from llaso_data.synth import write_corpus
+from llaso_data.tar_access import CorruptShardError
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """A converted synthetic corpus with many small, unevenly filled shards."""
+    import ray
+
+    from llaso_data.ray_local import init_ray
+
+    root = tmp_path_factory.mktemp("corpus")
+    write_corpus(root, seed=5, samples_per_task=4)
+    out = tmp_path_factory.mktemp("shards")
+    init_ray(None, num_cpus=2)
+    try:
+        report = convert(ConvertOptions(root, out, samples_per_shard=3))
+    finally:
+        ray.shutdown()
+    assert report.identity_holds
+    return out
+
+
+def _served(plan) -> list[tuple[str, int]]:
+    return [(plan.shard_names[plan.shard[s]], int(plan.offset[s])) for b in plan.batches for s in b]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+@pytest.mark.parametrize("batch_size", [1, 3, 5])
+def test_equal_batches_per_rank_and_no_sample_twice(shards, world_size, batch_size):
+    config = PlanConfig(selection=Selection(None), batching=Batching(batch_size=batch_size), seed=1)
+    plans = [plan_rank(shards, config, 0, world_size, r) for r in range(world_size)]
+    counts = {len(p.batches) for p in plans}
+    assert len(counts) == 1
+    served = [x for p in plans for x in _served(p)]
+    assert len(served) == len(set(served))
+    total = pq.read_metadata(shards / "index.parquet").num_rows
+    assert len(served) == total // (world_size * batch_size) * world_size * batch_size
+    assert all(len(b) == batch_size for p in plans for b in p.batches)
+
+
+def test_fewer_shards_than_ranks_times_workers(shards):
+    selection = Selection(("train",), ("text_audio",), ("ASR",))
+    manifest = pq.read_table(shards / "manifest.parquet").to_pylist()
+    asr_shards = [r for r in manifest if r["split"] == "train" and r["task"] == "ASR" and r["modality"] == "text_audio"]
+    assert len(asr_shards) < 4 * 3
+    config = StreamConfig(shards, PlanConfig(selection=selection, batching=Batching(batch_size=1)))
+    keys_per_rank = []
+    for rank in range(4):
+        loader = StreamLoader(ShardStream(config, rank=rank, world_size=4), num_workers=3)
+        keys_per_rank.append([k for batch in loader for k in batch["keys"]])
+    assert len({len(k) for k in keys_per_rank}) == 1 and keys_per_rank[0]
+    flat = [k for keys in keys_per_rank for k in keys]
+    assert len(flat) == len(set(flat))
+
+
+def test_padding_fills_the_remainder_with_declared_repeats(shards):
+    total = pq.read_metadata(shards / "index.parquet").num_rows
+    batch_size = next(b for b in (4, 5, 7, 11) if total % (3 * b))
+    config = PlanConfig(selection=Selection(None), batching=Batching(batch_size=batch_size, remainder="pad"))
+    plans = [plan_rank(shards, config, 0, 3, r) for r in range(3)]
+    served = [x for p in plans for x in _served(p)]
+    assert set(served) == set(itertools.chain.from_iterable(_served(p) for p in plans))
+    assert len(set(served)) == total
+    assert len(served) - total == sum(p.padded_slots for p in plans) > 0
+    assert len({len(p.batches) for p in plans}) == 1
+
+
+def test_quota_mixing_is_exact_over_an_epoch(shards):
+    weights = {"ASR": 0.5, "SGC": 0.3, "ER": 0.2}
+    mixing = Mixing("explicit", weights=weights, epoch_samples=60)
+    config = PlanConfig(selection=Selection(None), mixing=mixing, batching=Batching(batch_size=5))
+    plans = [plan_rank(shards, config, 0, 2, r) for r in range(2)]
+    manifest = {r["shard"]: r["task"] for r in pq.read_table(shards / "manifest.parquet").to_pylist()}
+    served = Counter(manifest[shard] for p in plans for shard, _ in _served(p))
+    assert served == {"ASR": 30, "SGC": 18, "ER": 12}
+    # ASR is up-sampled (more quota than samples): whole passes, declared by repetition only
+    asr = [x for p in plans for x in _served(p) if manifest[x[0]] == "ASR"]
+    asr_size = sum(r["num_samples"] for r in pq.read_table(shards / "manifest.parquet").to_pylist() if r["task"] == "ASR")
+    assert max(Counter(asr).values()) == -(-30 // asr_size)
+    sgc = [x for p in plans for x in _served(p) if manifest[x[0]] == "SGC"]
+    assert len(set(sgc)) == len(sgc) or 18 > sum(
+        r["num_samples"] for r in pq.read_table(shards / "manifest.parquet").to_pylist() if r["task"] == "SGC")
+
+
+def test_quota_modes():
+    sizes = {"ASR": 900, "SGC": 90, "ER": 10}
+    assert task_quotas(sizes, Mixing("natural")) == sizes
+    assert task_quotas(sizes, Mixing("uniform")) == {"ASR": 334, "ER": 333, "SGC": 333}
+    tempered = task_quotas(sizes, Mixing("temperature", temperature=2.0))
+    assert sum(tempered.values()) == 1000 and tempered["ER"] > 10 and tempered["ASR"] < 900
+    assert task_quotas(sizes, Mixing("explicit", weights={"ASR": 1, "ER": 1}, epoch_samples=7)) in (
+        {"ASR": 4, "ER": 3, "SGC": 0}, {"ASR": 3, "ER": 4, "SGC": 0})
+
+
+def test_shuffle_decorrelates_neighbours_and_changes_per_epoch(shards):
+    config = PlanConfig(selection=Selection(None), batching=Batching(batch_size=1), shuffle_block=64)
+    first = plan_rank(shards, config, 0, 1, 0)
+    emitted = np.array([s for b in first.batches for s in b])
+    read_neighbours = np.mean(np.abs(np.diff(emitted)) == 1)  # neighbours also adjacent in the shards
+    assert read_neighbours < 0.1
+    index = pq.read_table(shards / "index.parquet").to_pylist()
+    ordinal = {(r["shard"], r["offset"]): (r["source"], r["ordinal"]) for r in index}
+    pairs = [(ordinal[a], ordinal[b]) for a, b in zip(_served(first)[:-1], _served(first)[1:])]
+    same_file_neighbours = sum(a[0] == b[0] and abs(a[1] - b[1]) == 1 for a, b in pairs)
+    assert same_file_neighbours < 0.05 * len(pairs)
+    second = plan_rank(shards, config, 1, 1, 0)
+    assert _served(first) != _served(second) and sorted(_served(first)) == sorted(_served(second))
+
+
+def test_dynamic_batches_keep_equal_counts_and_reduce_padding(shards):
+    dynamic = Batching(batch_size=None, max_tokens=600, audio_tokens_per_second=25)
+    config = PlanConfig(selection=Selection(None), batching=dynamic, shuffle_block=128)
+    own = [len(plan_rank(shards, config, 0, 3, r).batches) for r in range(3)]
+    plans = [plan_rank(shards, config, 0, 3, r, agree=lambda n: min(own)) for r in range(3)]
+    assert {len(p.batches) for p in plans} == {min(own)}
+    assert sum(p.dropped_batches for p in plans) == sum(own) - 3 * min(own)
+    for plan in plans:
+        costs = plan.seconds * 25 + plan.chars / 4
+        for batch in plan.batches:
+            assert len(batch) == 1 or costs[batch].max() * len(batch) <= 600
+    fixed = PlanConfig(selection=Selection(None), batching=Batching(batch_size=4, audio_tokens_per_second=25))
+    assert padding_ratio(plans[0], dynamic) < padding_ratio(plan_rank(shards, fixed, 0, 3, 0), fixed.batching)
+
+
+@pytest.mark.parametrize("world_size,workers", [(1, 0), (2, 1), (3, 2), (4, 3), (2, 3)])
+def test_resume_yields_exactly_the_remaining_samples(shards, world_size, workers):
+    config = StreamConfig(shards, PlanConfig(selection=Selection(None), batching=Batching(batch_size=3)))
+    for rank in range(world_size):
+        full = [b["keys"] for b in StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)]
+        planned = plan_rank(shards, config.plan, 0, world_size, rank)
+        assert len(full) == len(planned.batches)
+        cut = len(full) // 2 + rank
+        first = StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)
+        iterator = iter(first)
+        head = [next(iterator)["keys"] for _ in range(cut)]
+        state = first.state_dict()
+        del iterator
+        resumed = StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)
+        resumed.load_state_dict(state)
+        assert head + [b["keys"] for b in resumed] == full
+
+
+def test_batches_carry_16khz_windows_of_at_most_30_s(shards):
+    config = StreamConfig(shards, PlanConfig(selection=Selection(None), batching=Batching(batch_size=4)))
+    longest = 0
+    for batch in StreamLoader(ShardStream(config), num_workers=0):
+        for sample_number, length in zip(batch["chunk_sample"].tolist(), batch["chunk_lengths"].tolist()):
+            sample = batch["samples"][sample_number]
+            assert 0 < length <= 30 * 16000
+            longest = max(longest, sum(sample.durations))
+        assert batch["chunks"].dtype.is_floating_point and batch["chunks"].shape[0] == len(batch["chunk_lengths"])
+    assert longest > 30  # the synthetic corpus has clips over 30 s, which were windowed
+
+
+def _plant(shards: Path, tmp_path: Path, mutate) -> tuple[Path, str]:
+    """Copy the corpus and rewrite its first shard with ``mutate(members) -> members``."""
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    index = pq.read_table(copy / "index.parquet").to_pylist()
+    shard = index[0]["shard"]
+    with tarfile.open(copy / shard) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    members = mutate(members)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (copy / shard).write_bytes(buffer.getvalue())
+    return copy, shard
+
+
+class _Exploit:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_planted_pickle_members_are_never_unpickled(shards, tmp_path):
+    marker = tmp_path / "pwned"
+
+    def plant(members):
+        name, _ = members[1]  # the first sample's audio0 member
+        stem = name.split(".")[0]
+        return [members[0], (f"{stem}.audio0.pyd", pickle.dumps(_Exploit(str(marker))))] + members[2:]
+
+    copy, shard = _plant(shards, tmp_path, plant)
+    config = StreamConfig(copy, PlanConfig(selection=Selection(None), batching=Batching(batch_size=1)))
+    with pytest.raises(CorruptShardError, match=rf"{shard}: member .*\.audio0\.pyd"):
+        for _ in StreamLoader(ShardStream(config), num_workers=0):
+            pass
+    skipping = StreamLoader(ShardStream(StreamConfig(copy, config.plan, on_corrupt="skip")), num_workers=0)
+    served = sum(len(b["keys"]) for b in skipping)
+    # the planted member shifts the members after it, so the shard's later samples fail too
+    assert skipping.skipped["corrupt"] >= 1 and served == len(skipping) - skipping.skipped["corrupt"]
+    assert not marker.exists()
+
+
+def test_truncated_shard_gives_the_documented_error(shards, tmp_path):
+    copy, shard = _plant(shards, tmp_path, lambda members: members)
+    data = (copy / shard).read_bytes()
+    (copy / shard).write_bytes(data[: len(data) // 3])
+    config = StreamConfig(copy, PlanConfig(selection=Selection(None), batching=Batching(batch_size=2)))
+    with pytest.raises(CorruptShardError, match=rf"{shard}: .*(truncated|no valid member header)"):
+        for _ in StreamLoader(ShardStream(config), num_workers=1):
+            pass
+    skipping = StreamLoader(ShardStream(StreamConfig(copy, config.plan, on_corrupt="skip")), num_workers=1)
+    list(skipping)
+    assert skipping.skipped["corrupt"] >= 1
+
+
+def test_rendered_batches_place_every_audio_chunk_on_its_placeholders(shards):
+    from llaso_data.chat import ChatFormat, renderer, special_token_ids, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    audio_pad = special_token_ids(tokenizer)[ChatFormat().audio_pad]
+    config = StreamConfig(shards, PlanConfig(selection=Selection(None), batching=Batching(batch_size=4)))
+    stream = ShardStream(config, render=renderer(tokenizer), pad_id=tokenizer.pad_token_id)
+    batches = 0
+    for batch in StreamLoader(stream, num_workers=1):
+        ids, labels = batch["input_ids"], batch["labels"]
+        covered = torch.zeros_like(ids)
+        for sample, start, count in zip(batch["chunk_sample"].tolist(), batch["chunk_start"].tolist(),
+                                        batch["chunk_tokens"].tolist()):
+            assert (ids[sample, start:start + count] == audio_pad).all()
+            covered[sample, start:start + count] += 1
+        assert ((ids == audio_pad) == (covered == 1)).all()  # every placeholder filled exactly once
+        assert (labels[ids == audio_pad] == -100).all()
+        for row, sample in enumerate(batch["samples"]):
+            supervised = labels[row][labels[row] != -100].tolist()
+            assert tokenizer.decode(supervised) == sample.label + "<|eot_id|>" or sample.task == "CONV"
+        batches += 1
+    assert batches == len(stream)
