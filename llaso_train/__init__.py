@@ -1,0 +1,1 @@
+"""Two-stage LLaSO-style training (align, instruct) streamed from shards; see README."""
