@@ -54,7 +54,7 @@ Everything runs in one call, in a temporary folder under ``--workdir`` (deleted 
     python bench/loader.py --json             # one JSON object
     python bench/loader.py --sizes 2550000 --baseline-records 240   # quick
     python bench/loader.py --profile          # also cProfile + tracemalloc the largest
-                                              # first-batch child (world size 8)
+                                              # first-batch child (world size 8), to stderr
 
 Disk: ~0.5 GB of audio, ~0.8 GB of shards, and per simulated size its index
 (~45 bytes/row); hard links cost nothing.
@@ -344,11 +344,13 @@ def first_batch_child(out: str, world_size: int, profile: str | None) -> None:
     result = {"interpreter_s": round(import_started - _STARTED, 3), "import_s": round(imported - import_started, 3),
               "rss_after_imports_mb": round(rss_mb(), 1)}
     profiler = None
-    if profile:
-        import cProfile
+    if profile and profile.endswith(".tracemalloc.txt"):
         import tracemalloc
 
-        tracemalloc.start(25)
+        tracemalloc.start(10)
+    elif profile:
+        import cProfile
+
         profiler = cProfile.Profile()
         profiler.enable()
     begin = time.perf_counter()
@@ -361,18 +363,21 @@ def first_batch_child(out: str, world_size: int, profile: str | None) -> None:
     done = time.perf_counter()
     if profiler is not None:
         import pstats
-        import tracemalloc
 
         profiler.disable()
+        with open(profile, "w") as report:
+            stats = pstats.Stats(profiler, stream=report)
+            stats.sort_stats("cumulative").print_stats(35)
+            stats.sort_stats("tottime").print_stats(25)
+    elif profile:
+        import tracemalloc
+
         snapshot = tracemalloc.take_snapshot()
         _, traced_peak = tracemalloc.get_traced_memory()
         with open(profile, "w") as report:
-            report.write(f"tracemalloc peak {traced_peak / 2**20:.1f} MiB; top live allocations:\n")
+            report.write(f"tracemalloc: peak traced {traced_peak / 2**20:.1f} MiB; live at the first batch:\n")
             for stat in snapshot.statistics("lineno")[:15]:
                 report.write(f"  {stat}\n")
-            stats = pstats.Stats(profiler, stream=report)
-            stats.sort_stats("cumulative").print_stats(30)
-            stats.sort_stats("tottime").print_stats(20)
     result.update({
         "first_batch_s": round(done - begin, 3), "manifest_s": round(built - begin, 3),
         "plan_s": round(planned - built, 3), "batch_s": round(done - planned, 3),
@@ -538,9 +543,13 @@ def main(argv: list[str] | None = None) -> int:
                 entry[f"world_size_{ws}"] = run_first_batch(target, ws, args.repeats)
                 _log(f"  world size {ws}: {entry[f'world_size_{ws}']}", quiet)
             if args.profile and size == max(sizes):
-                profile_path = work / "profile.txt"
-                run_first_batch(target, min(world_sizes), 1, str(profile_path))
-                entry["profile"] = profile_path.read_text()
+                texts = []
+                for name in ("cprofile.txt", "tracemalloc.txt"):  # separate runs: tracemalloc slows all
+                    profile_path = work / f"profile.{name}"
+                    run_first_batch(target, min(world_sizes), 1, str(profile_path))
+                    texts.append(profile_path.read_text())
+                print(f"\n--- profile: {size} samples, world size {min(world_sizes)} ---\n" + "\n".join(texts),
+                      file=sys.stderr, flush=True)
             scale[str(size)] = entry
             shutil.rmtree(target)
         result["scale"] = scale
@@ -568,14 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
 
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        profile_text = {s: e.pop("profile", None) for s, e in result.get("scale", {}).items()}
-        print(json.dumps(result, indent=2))
-        for size, text in profile_text.items():
-            if text:
-                print(f"\n--- profile, {size} samples, world size {min(world_sizes)} ---\n{text}")
+    print(json.dumps(result, indent=None if args.json else 2))
     return 0
 
 

@@ -1,0 +1,176 @@
+"""Typed training configuration, loaded from YAML with ``key=value`` overrides and
+validated before any process group starts."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STAGES = ("align", "instruct")
+
+
+@dataclass
+class ModelConfig:
+    """The speech LM.
+
+    ``encoder``: a Whisper checkpoint directory, or a dict of ``WhisperConfig`` fields for a
+    randomly initialised encoder. ``lm``: a causal-LM checkpoint directory, or a dict of config
+    fields with ``model_type`` (e.g. ``llama``). ``tokenizer``: a tokenizer directory, or
+    ``"tiny"`` for the deterministic from-scratch tokenizer of ``llaso_data.chat``.
+    ``stack``: encoder frames stacked per projector input (Whisper gives 50 frames/s).
+    ``attn_implementation``: ``auto`` picks ``flash_attention_2`` when importable on a GPU,
+    else ``sdpa``.
+    """
+
+    encoder: Any = None
+    lm: Any = None
+    tokenizer: str = "tiny"
+    projector: str = "mlp2x_gelu"
+    stack: int = 5
+    attn_implementation: str = "auto"
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        if self.encoder is None or self.lm is None:
+            raise ValueError("model.encoder and model.lm are required")
+        if self.projector != "mlp2x_gelu":
+            raise ValueError(f"unknown projector {self.projector!r}; only mlp2x_gelu is implemented")
+        if self.stack < 1 or 1500 % self.stack:
+            raise ValueError("model.stack must divide Whisper's 1500 encoder frames per chunk")
+        if self.attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
+            raise ValueError(f"unknown attn_implementation {self.attn_implementation!r}")
+
+
+@dataclass
+class DataConfig:
+    """Which shards, how mixed and batched (see ``llaso_data.plan``)."""
+
+    shards: str = "shards/demo"
+    splits: list | None = field(default_factory=lambda: ["train"])
+    modalities: list | None = None
+    tasks: list | None = None
+    mixing: str = "natural"
+    temperature: float = 1.0
+    weights: dict | None = None
+    batch_size: int | None = 4
+    max_tokens: int | None = None
+    shuffle_block: int = 1024
+    num_workers: int = 1
+    max_length: int = 2048
+    max_chunks: int = 20
+
+    def __post_init__(self):
+        if (self.batch_size is None) == (self.max_tokens is None):
+            raise ValueError("set exactly one of data.batch_size and data.max_tokens")
+        if self.num_workers < 0:
+            raise ValueError("data.num_workers must be >= 0")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    betas: tuple = (0.9, 0.999)
+    grad_clip: float = 1.0
+
+    def __post_init__(self):
+        if self.lr <= 0 or not 0 <= self.warmup_ratio < 1:
+            raise ValueError("optim.lr must be > 0 and optim.warmup_ratio in [0, 1)")
+        self.betas = tuple(self.betas)
+
+
+@dataclass
+class TrainConfig:
+    """One training stage.
+
+    ``stage``: ``align`` trains the projector only (encoder and LM frozen); ``instruct``
+    trains projector and LM (and the encoder when ``train_encoder``), starting from
+    ``init_projector`` (the align stage's ``projector.pt``) when given.
+    ``max_steps`` bounds the run; ``epochs`` bounds it too (whichever comes first).
+    ``zero_stage`` is DeepSpeed's ZeRO stage (0-3). ``bf16``: ``auto`` means on a GPU only.
+    """
+
+    stage: str = "align"
+    model: ModelConfig = None
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    output_dir: str = "runs/train"
+    max_steps: int = 100
+    epochs: int = 1
+    zero_stage: int = 3
+    bf16: Any = "auto"
+    train_encoder: bool = False
+    init_projector: str | None = None
+    seed: int = 0
+    log_every: int = 1
+    save_every: int = 0
+    log_keys: bool = False
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, not {self.stage!r}")
+        if self.model is None:
+            raise ValueError("a model section is required")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError("zero_stage must be 0, 1, 2 or 3")
+        if self.bf16 not in ("auto", True, False):
+            raise ValueError("bf16 must be auto, true or false")
+        if self.stage == "align" and (self.train_encoder or self.init_projector):
+            raise ValueError("the align stage trains the projector only (no train_encoder, no init_projector)")
+        if self.max_steps < 1 or self.epochs < 1:
+            raise ValueError("max_steps and epochs must be >= 1")
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig}
+
+
+def load_config(path: Path | str, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML recipe and apply ``section.key=value`` overrides (values parsed as YAML)."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    for override in overrides:
+        if "=" not in override:
+            raise ValueError(f"override {override!r} is not key=value")
+        dotted, value = override.split("=", 1)
+        target = raw
+        *parents, leaf = dotted.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = _parse_value(value)
+    return _build(raw)
+
+
+def _parse_value(text: str):
+    """YAML scalar, except that ``1e-3`` (a string in YAML 1.1) is a float."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _build(raw: dict) -> TrainConfig:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"unknown config keys: {sorted(unknown)}")
+    values = dict(raw)
+    for name, cls in _SECTIONS.items():
+        section = values.get(name)
+        if section is not None:
+            fields = {f.name for f in dataclasses.fields(cls)}
+            extra = set(section) - fields
+            if extra:
+                raise ValueError(f"unknown keys in {name}: {sorted(extra)}")
+            values[name] = cls(**section)
+    return TrainConfig(**values)
+
+
+def to_dict(config: TrainConfig) -> dict:
+    return dataclasses.asdict(config)
