@@ -189,6 +189,7 @@ class StreamLoader:
 
     def __iter__(self) -> Iterator[dict]:
         self.dataset.start_batch = self.batches_done
+        self.dataset.plan  # plan here, once: workers receive it (and never call ``agree``)
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                             prefetch_factor=self.prefetch_factor if self.num_workers else None,
                             collate_fn=_identity)

@@ -91,7 +91,9 @@ class TrainConfig:
     ``stage``: ``align`` trains the projector only (encoder and LM frozen); ``instruct``
     trains projector and LM (and the encoder when ``train_encoder``), starting from
     ``init_projector`` (the align stage's ``projector.pt``) when given.
-    ``max_steps`` bounds the run; ``epochs`` bounds it too (whichever comes first).
+    ``max_steps`` bounds the run in micro-batches (one loader batch per rank); ``epochs``
+    bounds it too (whichever comes first). ``gradient_accumulation`` micro-batches make one
+    optimizer step; the learning-rate schedule runs over optimizer steps.
     ``zero_stage`` is DeepSpeed's ZeRO stage (0-3). ``bf16``: ``auto`` means on a GPU only.
     """
 
@@ -102,6 +104,7 @@ class TrainConfig:
     output_dir: str = "runs/train"
     max_steps: int = 100
     epochs: int = 1
+    gradient_accumulation: int = 1
     zero_stage: int = 3
     bf16: Any = "auto"
     train_encoder: bool = False
@@ -122,8 +125,8 @@ class TrainConfig:
             raise ValueError("bf16 must be auto, true or false")
         if self.stage == "align" and (self.train_encoder or self.init_projector):
             raise ValueError("the align stage trains the projector only (no train_encoder, no init_projector)")
-        if self.max_steps < 1 or self.epochs < 1:
-            raise ValueError("max_steps and epochs must be >= 1")
+        if self.max_steps < 1 or self.epochs < 1 or self.gradient_accumulation < 1:
+            raise ValueError("max_steps, epochs and gradient_accumulation must be >= 1")
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig}

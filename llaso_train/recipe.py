@@ -82,7 +82,7 @@ def _tuple(values):
 def deepspeed_config(config: TrainConfig, bf16: bool) -> dict:
     return {
         "train_micro_batch_size_per_gpu": 1,     # batches are formed by the loader
-        "gradient_accumulation_steps": 1,
+        "gradient_accumulation_steps": config.gradient_accumulation,
         "gradient_clipping": config.optim.grad_clip,
         "zero_optimization": {"stage": config.zero_stage, "stage3_gather_16bit_weights_on_model_save": True},
         "bf16": {"enabled": bf16},
@@ -92,13 +92,14 @@ def deepspeed_config(config: TrainConfig, bf16: bool) -> dict:
     }
 
 
-def _schedule(config: TrainConfig):
-    warmup = max(1, int(config.max_steps * config.optim.warmup_ratio))
+def _schedule(config: TrainConfig, total_steps: int):
+    """Linear warm-up then cosine decay over ``total_steps`` optimizer steps."""
+    warmup = max(1, int(total_steps * config.optim.warmup_ratio))
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = (step - warmup) / max(1, config.max_steps - warmup)
+        progress = (step - warmup) / max(1, total_steps - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return factor
@@ -169,12 +170,14 @@ def train(config: TrainConfig) -> None:
     freeze_for_stage(model, config)
     trainable = [p for p in model.parameters() if p.requires_grad]
     trainable_count = sum(p.numel() for p in trainable)  # before ZeRO-3 partitions them
+    loader = build_loader(config, tokenizer, fmt, rank, world)
+    micro_steps = min(config.max_steps, config.epochs * len(loader))
     optimizer = torch.optim.AdamW(trainable, lr=config.optim.lr, betas=config.optim.betas,
                                   weight_decay=config.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _schedule(config, max(1, micro_steps // config.gradient_accumulation)))
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(config, bf16))
-    loader = build_loader(config, tokenizer, fmt, rank, world)
 
     step = 0
     telemetry = Telemetry(out / METRICS_FILE)
