@@ -34,7 +34,7 @@ import numpy as np
 from .corpus import UnknownStemWarning, annotation_files, corpus_root, iter_file
 from .manifest import (INDEX_FILE, INDEX_SCHEMA, MANIFEST_FILE, MANIFEST_SCHEMA, REJECTS_FILE,
                        REJECTS_SCHEMA, REPORT_FILE, StreamingTableWriter, write_table)
-from .records import Rejection, Sample
+from .records import Sample
 from .shards import ShardResult, shard_index, shard_name, write_shard
 from .validate import FileContext
 

@@ -17,7 +17,7 @@ samples, ``T`` longest token sequence):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -75,6 +75,10 @@ class ShardStream(IterableDataset):
 
     def __len__(self) -> int:
         return len(self.plan.batches)
+
+    def prepare(self) -> RankPlan:
+        """Compute this epoch's plan now (in the main process, before workers start)."""
+        return self.plan
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -189,7 +193,7 @@ class StreamLoader:
 
     def __iter__(self) -> Iterator[dict]:
         self.dataset.start_batch = self.batches_done
-        self.dataset.plan  # plan here, once: workers receive it (and never call ``agree``)
+        self.dataset.prepare()  # plan here, once: workers receive it and never call ``agree``
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                             prefetch_factor=self.prefetch_factor if self.num_workers else None,
                             collate_fn=_identity)

@@ -7,7 +7,6 @@ of any other kind where a clip is expected is an error.
 
 from __future__ import annotations
 
-import json
 import tarfile
 from pathlib import Path
 

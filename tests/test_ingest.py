@@ -137,7 +137,7 @@ def test_each_rejection_reason_names_file_record_and_reason(tmp_path, reason, re
     assert rejection.reason == reason
     assert rejection.source == "text_audio/meld_ER_classification_train.json"
     assert rejection.ordinal == 1
-    assert f"text_audio/meld_ER_classification_train.json record 1" in str(rejection) and reason in str(rejection)
+    assert "text_audio/meld_ER_classification_train.json record 1" in str(rejection) and reason in str(rejection)
     assert json.loads(rejection.raw) == record
     raw_bytes = path.read_bytes()
     assert raw_bytes[rejection.byte_offset:].startswith(json.dumps(record).encode())
