@@ -47,7 +47,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Which shards, how mixed and batched (see ``llaso_data.plan``)."""
+    """Which shards, how mixed and batched (see ``llaso_data.plan``). ``max_tokens``
+    budgets use ``chars_per_token`` to estimate text tokens from characters: calibrate it
+    for the tokenizer in use (about 4 for Llama-3 on English, about 2 for the tiny one)."""
 
     shards: str = "shards/demo"
     splits: list | None = field(default_factory=lambda: ["train"])
@@ -58,6 +60,7 @@ class DataConfig:
     weights: dict | None = None
     batch_size: int | None = 4
     max_tokens: int | None = None
+    chars_per_token: float = 4.0
     shuffle_block: int = 1024
     num_workers: int = 1
     max_length: int = 2048

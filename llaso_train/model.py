@@ -69,14 +69,14 @@ class SpeechLM(nn.Module):
         projected = self.projector(frames)                          # (C, F, H)
         embeds = self.lm.get_input_embeddings()(input_ids)          # (B, T, H)
         if dummy:
-            return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels).loss \
-                + 0.0 * projected.sum()
+            return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
+                           use_cache=False).loss + 0.0 * projected.sum()
         positions = torch.arange(projected.shape[1], device=projected.device)
         filled = positions[None, :] < chunk_tokens[:, None]         # (C, F)
         rows = torch.repeat_interleave(chunk_sample, chunk_tokens)
         cols = (chunk_start[:, None] + positions[None, :])[filled]
         embeds = embeds.index_put((rows, cols), projected[filled].to(embeds.dtype))
-        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels).loss
+        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, use_cache=False).loss
 
 
 def pick_attention(requested: str) -> str:
@@ -92,9 +92,8 @@ def pick_attention(requested: str) -> str:
 def build_encoder(spec, attention: str) -> WhisperEncoder:
     """A Whisper encoder from a checkpoint directory or a dict of ``WhisperConfig`` fields."""
     if isinstance(spec, dict):
-        return WhisperEncoder(WhisperConfig(**spec))
-    encoder = WhisperModel.from_pretrained(spec, attn_implementation="sdpa" if attention != "eager" else "eager").encoder
-    return encoder
+        return WhisperEncoder._from_config(WhisperConfig(**spec), attn_implementation=attention)
+    return WhisperModel.from_pretrained(spec, attn_implementation=attention).encoder
 
 
 def build_lm(spec, attention: str, vocab_size: int) -> nn.Module:
@@ -117,7 +116,8 @@ def build_model(config: ModelConfig, vocab_size: int, audio_pad_id: int) -> Spee
     lm = build_lm(config.lm, attention, vocab_size)
     projector = Projector(encoder.config.d_model, lm.config.hidden_size, config.stack)
     if config.gradient_checkpointing:
-        lm.gradient_checkpointing_enable()
+        enable = getattr(lm, "activation_checkpointing_enable", None) or lm.gradient_checkpointing_enable
+        enable()
         lm.enable_input_require_grads()
     return SpeechLM(encoder, projector, lm, audio_pad_id)
 

@@ -67,7 +67,8 @@ def build_loader(config: TrainConfig, tokenizer, fmt: ChatFormat, rank: int, wor
         selection=Selection(_tuple(data.splits), _tuple(data.modalities), _tuple(data.tasks)),
         mixing=Mixing(data.mixing, data.temperature, data.weights),
         batching=Batching(batch_size=data.batch_size, max_tokens=data.max_tokens,
-                          audio_tokens_per_second=50 / config.model.stack),
+                          audio_tokens_per_second=50 / config.model.stack,
+                          chars_per_token=data.chars_per_token),
         seed=config.seed, shuffle_block=data.shuffle_block)
     stream = StreamConfig(Path(data.shards), plan, WaveformConfig(max_chunks=data.max_chunks, stack=config.model.stack))
     dataset = ShardStream(stream, rank, world, render=renderer(tokenizer, fmt, data.max_length),
