@@ -21,6 +21,7 @@ from .audio import AudioError, encode_clip
 from .paths import AudioPathError, resolve_audio_path
 from .records import Rejection, Sample
 
+_COPY_BUFSIZE = 8 << 20  # copy a member with one write, not 16 KiB Python-level chunks
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -96,7 +97,8 @@ def write_shard(out_root: Path, name: str, samples: list[Sample], audio_root: Pa
     seconds_total = 0.0
     with open(temporary, "wb") as raw_file:
         writer = _HashingWriter(raw_file, hasher)
-        with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT,
+                          copybufsize=_COPY_BUFSIZE) as tar:
             for sample in sorted(samples, key=lambda s: order_within_shard(s.key, seed)):
                 try:
                     clips = [encode_clip(resolve_audio_path(audio_root, p), audio_mode) for p in sample.audio]
