@@ -259,13 +259,16 @@ def plan_rank(out: Path, config: PlanConfig, epoch: int, world_size: int, rank: 
     slot_offset = np.empty(length, np.int64)
     slot_seconds = np.empty(length, np.float32)
     slot_chars = np.empty(length, np.int64)
+    # Slots grouped by shard once (O(L log L)), not one full-length mask per shard (O(S * L)).
+    by_shard = np.argsort(shard_of_slot, kind="stable")
+    bounds = np.searchsorted(shard_of_slot[by_shard], np.arange(len(needed) + 1))
     for local, position_in_order in enumerate(needed):
         shard_id = order[position_in_order]
         name = shards.names[shard_id]
         rows = index[name]
         positions = _positions_in_shard(int(shards.sizes[shard_id]), int(takes[shard_id]), config.seed, epoch, name)
         first = int(ends[position_in_order] - takes[shard_id])
-        mask = shard_of_slot == local
+        mask = by_shard[bounds[local]:bounds[local + 1]]
         picked = positions[wanted[mask] - first]
         slot_offset[mask] = rows["offset"][picked]
         slot_seconds[mask] = rows["audio_seconds"][picked]
