@@ -13,3 +13,18 @@ EVAL_SAMPLE = FIXTURES / "llaso_eval_sample"
 @pytest.fixture(scope="session")
 def eval_sample() -> Path:
     return EVAL_SAMPLE
+
+
+def convert_in_process(source: Path, out: Path, **options):
+    """Convert ``source`` into ``out`` on a private local Ray (2 CPUs) started and shut
+    down around the call; returns the conversion report."""
+    import ray
+
+    from llaso_data.convert import ConvertOptions, convert
+    from llaso_data.ray_local import init_ray
+
+    init_ray(None, num_cpus=2)
+    try:
+        return convert(ConvertOptions(source, out, **options))
+    finally:
+        ray.shutdown()

@@ -27,13 +27,14 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from llaso_data.chat import IGNORE_INDEX, ChatFormat, renderer, special_token_ids
-from llaso_data.convert import ConvertOptions, convert
 from llaso_data.plan import Batching, PlanConfig, Selection, plan_rank
 from llaso_data.records import Sample
 from llaso_data.stream import collate
 from llaso_data.tar_access import ShardReader
 from llaso_data.waveform import SAMPLE_RATE, WaveformConfig, chunk_waveform, decode_clip
 from llaso_train.model import PROJECTOR_FILE, Projector, SpeechLM
+
+from conftest import convert_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2"]
@@ -87,18 +88,6 @@ def write_tone_corpus(root: Path, seed: int = 0) -> None:
         annotation = root / release / "text_audio" / f"{STEM}_{split}.json"
         annotation.parent.mkdir(parents=True, exist_ok=True)
         annotation.write_text(json.dumps(records, indent=1))
-
-
-def convert_in_process(root: Path, out: Path) -> None:
-    import ray
-
-    from llaso_data.ray_local import init_ray
-
-    init_ray(None, num_cpus=2)
-    try:
-        assert convert(ConvertOptions(root, out, samples_per_shard=64)).identity_holds
-    finally:
-        ray.shutdown()
 
 
 def train(shards: Path, out: Path, *overrides: str, steps: int = STEPS, lr: str = LR, timeout: int = 600) -> None:
@@ -177,7 +166,7 @@ def shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tones")
     write_tone_corpus(root)
     out = tmp_path_factory.mktemp("tone_shards")
-    convert_in_process(root, out)
+    assert convert_in_process(root, out, samples_per_shard=64).identity_holds
     return out
 
 

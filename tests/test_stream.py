@@ -16,28 +16,21 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from llaso_data.convert import ConvertOptions, convert
 from llaso_data.plan import Batching, Mixing, PlanConfig, Selection, padding_ratio, plan_rank, task_quotas
 from llaso_data.stream import ShardStream, StreamConfig, StreamLoader
 from llaso_data.synth import write_corpus
 from llaso_data.tar_access import CorruptShardError
 
+from conftest import convert_in_process
+
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     """A converted synthetic corpus with many small, unevenly filled shards."""
-    import ray
-
-    from llaso_data.ray_local import init_ray
-
     root = tmp_path_factory.mktemp("corpus")
     write_corpus(root, seed=5, samples_per_task=4)
     out = tmp_path_factory.mktemp("shards")
-    init_ray(None, num_cpus=2)
-    try:
-        report = convert(ConvertOptions(root, out, samples_per_shard=3))
-    finally:
-        ray.shutdown()
+    report = convert_in_process(root, out, samples_per_shard=3)
     assert report.identity_holds
     return out
 

@@ -17,11 +17,12 @@ from transformers import AutoModelForCausalLM
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from llaso_data.chat import ChatFormat, special_token_ids, tiny_tokenizer
-from llaso_data.convert import ConvertOptions, convert
 from llaso_data.synth import write_corpus
 from llaso_train.config import load_config
 from llaso_train.model import PROJECTOR_FILE, build_model
 from llaso_train.recipe import _seed_everything
+
+from conftest import convert_in_process
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2"]
@@ -30,18 +31,10 @@ ENV = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    import ray
-
-    from llaso_data.ray_local import init_ray
-
     root = tmp_path_factory.mktemp("corpus")
     write_corpus(root, seed=11, samples_per_task=4)
     out = tmp_path_factory.mktemp("shards")
-    init_ray(None, num_cpus=2)
-    try:
-        assert convert(ConvertOptions(root, out, samples_per_shard=16)).identity_holds
-    finally:
-        ray.shutdown()
+    assert convert_in_process(root, out, samples_per_shard=16).identity_holds
     return out
 
 

@@ -16,27 +16,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llaso_data.convert import ConvertOptions, convert
 from llaso_data.manifest import INDEX_FILE, INDEX_SCHEMA, MANIFEST_FILE, read_manifest
 from llaso_data.stats import corpus_stats, format_stats_table, write_chart
 from llaso_data.synth import write_corpus
 from llaso_data.verify import verify
 
+from conftest import convert_in_process
+
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> Path:
     """OUT of a converted synthetic corpus (3 samples per task, 4 samples per shard)."""
-    import ray
-
-    from llaso_data.ray_local import init_ray
-
     root = tmp_path_factory.mktemp("corpus")
     write_corpus(root / "src", samples_per_task=3)
-    init_ray(None, num_cpus=2)
-    try:
-        report = convert(ConvertOptions(root / "src", root / "out", samples_per_shard=4))
-    finally:
-        ray.shutdown()
+    report = convert_in_process(root / "src", root / "out", samples_per_shard=4)
     assert report.identity_holds and report.written > 0
     return root / "out"
 
