@@ -11,12 +11,10 @@ Described for users in ``shards/README.md``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .records import Rejection
 
 MANIFEST_SCHEMA = pa.schema([
     ("shard", pa.string()), ("split", pa.string()), ("modality", pa.string()),
@@ -73,10 +71,6 @@ class StreamingTableWriter:
             self._flush(self._pending)
         self._writer.close()
         self._temporary.replace(self._path)
-
-
-def rejection_rows(rejections: Iterable[Rejection]) -> list[dict]:
-    return [r.to_dict() for r in rejections]
 
 
 def read_manifest(out: Path) -> pa.Table:

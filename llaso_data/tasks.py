@@ -149,9 +149,3 @@ def modality_for_stem(stem: str) -> str:
     if lowered.endswith("_end"):
         return "pure_audio"
     return "text_audio"
-
-
-def category_of(task: str) -> str:
-    """Category of a task abbreviation; ``"unknown"`` for stems outside the catalogue."""
-    info = TASKS.get(task)
-    return info.category if info else UNKNOWN_CATEGORY
