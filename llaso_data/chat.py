@@ -19,6 +19,7 @@ placeholder ids of each span with the clip's projected encoder embeddings.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
@@ -136,14 +137,23 @@ class NoSupervisedTokens(ValueError):
     """The rendered (possibly truncated) sample has no supervised token; names the sample key."""
 
 
+class PromptTooLong(ValueError):
+    """A generation prompt longer than ``max_length``; names the sample key."""
+
+
 def render(
     sample: Sample,
     tokenizer,
     audio_tokens: Sequence[int],
     fmt: ChatFormat = ChatFormat(),
     max_length: int | None = None,
+    prompt_only: bool = False,
 ) -> Rendered:
     """Render ``sample`` into ids, labels and audio spans.
+
+    With ``prompt_only`` the last assistant turn (the answer) is left out and the sequence
+    ends with an open assistant header: the prompt a model continues when it generates. Its
+    labels are all ``IGNORE_INDEX`` and it is never truncated.
 
     Args:
         sample: the conversation; ``sample.system`` (if non-empty) replaces
@@ -162,10 +172,11 @@ def render(
             does not match the sample's clips.
         TruncatedAudio: ``max_length`` would cut into or drop an audio span.
         NoSupervisedTokens: nothing is left to supervise.
+        PromptTooLong: a ``prompt_only`` sequence is longer than ``max_length``.
     """
     _check_audio_tokens(sample, audio_tokens)
     special_ids = special_token_ids(tokenizer, fmt)
-    pieces = list(_pieces(sample, fmt))
+    pieces = list(_prompt_pieces(sample, fmt) if prompt_only else _pieces(sample, fmt))
     encoded = iter(_encode_texts(tokenizer, [value for kind, value, _ in pieces if kind == "text"]))
     input_ids: list[int] = []
     labels: list[int] = []
@@ -179,8 +190,13 @@ def render(
         else:
             chunk = next(encoded)
         input_ids.extend(chunk)
-        labels.extend(chunk if supervised else [IGNORE_INDEX] * len(chunk))
+        labels.extend(chunk if supervised and not prompt_only else [IGNORE_INDEX] * len(chunk))
     rendered = Rendered(input_ids, labels, spans)
+    if prompt_only:
+        if max_length is not None and len(input_ids) > max_length:
+            raise PromptTooLong(f"{sample.key}: the prompt has {len(input_ids)} tokens, "
+                                f"more than max_length={max_length}")
+        return rendered
     if max_length is not None and len(input_ids) > max_length:
         rendered = _truncate(rendered, max_length, sample.key, tail=1 if fmt.audio_end else 0)
     if all(label == IGNORE_INDEX for label in rendered.labels):
@@ -277,13 +293,26 @@ def _pieces(sample: Sample, fmt: ChatFormat) -> Iterator[_Piece]:
         yield from _turn(turn.role, turn.segments(), fmt)
 
 
-def _turn(role: str, segments: list[str | int], fmt: ChatFormat) -> Iterator[_Piece]:
-    """Header (never supervised), content and end-of-turn (supervised for the assistant)."""
+def _prompt_pieces(sample: Sample, fmt: ChatFormat) -> Iterator[_Piece]:
+    """Every turn but the last (the assistant's answer), then an open assistant header."""
+    if not sample.turns or sample.turns[-1].role != "assistant":
+        raise ValueError(f"{sample.key}: the conversation does not end with an assistant turn")
+    yield from _pieces(dataclasses.replace(sample, turns=sample.turns[:-1]), fmt)
+    yield from _header("assistant", fmt)
+
+
+def _header(role: str, fmt: ChatFormat) -> Iterator[_Piece]:
+    """A turn header, never supervised."""
     for piece in _SPECIAL_PATTERN.split(fmt.header.format(role=role)):
         if _SPECIAL_PATTERN.fullmatch(piece):
             yield from _special(piece)
         elif piece:
             yield "text", piece, False
+
+
+def _turn(role: str, segments: list[str | int], fmt: ChatFormat) -> Iterator[_Piece]:
+    """Header (never supervised), content and end-of-turn (supervised for the assistant)."""
+    yield from _header(role, fmt)
     supervised = role == "assistant"
     for segment in segments:
         if isinstance(segment, int):
@@ -321,12 +350,12 @@ def _truncate(rendered: Rendered, max_length: int, key: str, tail: int) -> Rende
     )
 
 
-def renderer(tokenizer, fmt: ChatFormat = ChatFormat(), max_length: int | None = None
-             ) -> Callable[[Sample, Sequence[int]], Rendered]:
+def renderer(tokenizer, fmt: ChatFormat = ChatFormat(), max_length: int | None = None,
+             prompt_only: bool = False) -> Callable[[Sample, Sequence[int]], Rendered]:
     """``render`` bound to a tokenizer and format: the ``render`` hook of
-    :class:`llaso_data.stream.ShardStream`."""
+    :class:`llaso_data.stream.ShardStream` (``prompt_only`` for generation)."""
 
     def bound(sample: Sample, audio_tokens: Sequence[int]) -> Rendered:
-        return render(sample, tokenizer, audio_tokens, fmt, max_length)
+        return render(sample, tokenizer, audio_tokens, fmt, max_length, prompt_only)
 
     return bound

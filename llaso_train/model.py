@@ -6,7 +6,10 @@ Shapes: ``B`` samples, ``T`` tokens, ``C`` audio chunks in the batch (30 s windo
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,10 +18,14 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder, WhisperModel
 
+from llaso_data.chat import ChatFormat, special_token_ids
+from llaso_data.waveform import WaveformConfig
+
 from .config import ModelConfig
 from .features import WhisperLogMel
 
 PROJECTOR_FILE = "projector.safetensors"
+SETTINGS_FILE = "llaso.json"
 
 
 class Projector(nn.Module):
@@ -50,14 +57,16 @@ class SpeechLM(nn.Module):
         self.encoder, self.projector, self.lm = encoder, projector, lm
         self.audio_pad_id = audio_pad_id
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                chunks: torch.Tensor, chunk_lengths: torch.Tensor, chunk_sample: torch.Tensor,
-                chunk_start: torch.Tensor, chunk_tokens: torch.Tensor) -> torch.Tensor:
-        """Mean next-token loss over supervised positions.
+    def embed(self, input_ids: torch.Tensor, chunks: torch.Tensor, chunk_lengths: torch.Tensor,
+              chunk_sample: torch.Tensor, chunk_start: torch.Tensor, chunk_tokens: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LM input embeddings with every audio span filled by its projected encoder frames.
 
-        ``input_ids``/``attention_mask``/``labels``: (B, T); ``chunks``: (C, S) 16 kHz
-        waveforms with ``chunk_lengths`` (C,); chunk ``i`` fills ``chunk_tokens[i]``
-        placeholders of sample ``chunk_sample[i]`` from position ``chunk_start[i]``.
+        ``input_ids``: (B, T); ``chunks``: (C, S) 16 kHz waveforms with ``chunk_lengths``
+        (C,); chunk ``i`` fills ``chunk_tokens[i]`` placeholders of sample ``chunk_sample[i]``
+        from position ``chunk_start[i]``. Returns ``(embeds (B, T, H), audio_term)`` where
+        ``audio_term`` is a zero scalar tied to the encoder and projector when the batch has
+        no audio (add it to the loss so every rank's backward reaches the same parameters).
         """
         dummy = chunks.shape[0] == 0
         if dummy:
@@ -69,14 +78,38 @@ class SpeechLM(nn.Module):
         projected = self.projector(frames)                          # (C, F, H)
         embeds = self.lm.get_input_embeddings()(input_ids)          # (B, T, H)
         if dummy:
-            return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
-                           use_cache=False).loss + 0.0 * projected.sum()
+            return embeds, 0.0 * projected.sum()
         positions = torch.arange(projected.shape[1], device=projected.device)
         filled = positions[None, :] < chunk_tokens[:, None]         # (C, F)
         rows = torch.repeat_interleave(chunk_sample, chunk_tokens)
         cols = (chunk_start[:, None] + positions[None, :])[filled]
         embeds = embeds.index_put((rows, cols), projected[filled].to(embeds.dtype))
-        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, use_cache=False).loss
+        return embeds, projected.new_zeros(())
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                chunks: torch.Tensor, chunk_lengths: torch.Tensor, chunk_sample: torch.Tensor,
+                chunk_start: torch.Tensor, chunk_tokens: torch.Tensor) -> torch.Tensor:
+        """Mean next-token loss over supervised positions; ``labels``/``attention_mask``:
+        (B, T); the other arguments as in :meth:`embed`."""
+        embeds, audio_term = self.embed(input_ids, chunks, chunk_lengths, chunk_sample, chunk_start, chunk_tokens)
+        return self.lm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
+                       use_cache=False).loss + audio_term
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunks: torch.Tensor,
+                 chunk_lengths: torch.Tensor, chunk_sample: torch.Tensor, chunk_start: torch.Tensor,
+                 chunk_tokens: torch.Tensor, max_new_tokens: int, stop_ids: list[int], pad_id: int,
+                 synced_gpus: bool = False) -> torch.Tensor:
+        """Greedy continuations of LEFT-padded prompts: (B, T) in, (B, <= max_new_tokens) new
+        token ids out, padded with ``pad_id`` after each row's stop token.
+
+        ``synced_gpus`` keeps a rank that has finished stepping until every rank has (needed
+        under ZeRO-3, where each forward gathers parameters collectively).
+        """
+        embeds, _ = self.embed(input_ids, chunks, chunk_lengths, chunk_sample, chunk_start, chunk_tokens)
+        return self.lm.generate(inputs_embeds=embeds, attention_mask=attention_mask, do_sample=False,
+                                max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=pad_id,
+                                synced_gpus=synced_gpus, num_beams=1)
 
 
 def pick_attention(requested: str) -> str:
@@ -125,3 +158,55 @@ def build_model(config: ModelConfig, vocab_size: int, audio_pad_id: int) -> Spee
 def load_projector(model: SpeechLM, path: Path | str) -> None:
     """Initialise the projector from a ``projector.safetensors`` file (no pickle)."""
     model.projector.load_state_dict(load_file(str(path)))
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What inference needs to feed an exported model the way it was trained; written next to
+    the weights as ``llaso.json``.
+
+    ``stack``: encoder frames per projector output; ``max_chunks``: 30 s windows kept per clip;
+    ``max_length``: the training sequence length in tokens; ``chat_format``: the
+    :class:`llaso_data.chat.ChatFormat` fields.
+    """
+
+    stack: int
+    max_chunks: int
+    max_length: int
+    chat_format: dict
+
+    @property
+    def fmt(self) -> ChatFormat:
+        return ChatFormat(**self.chat_format)
+
+    @property
+    def waveform(self) -> WaveformConfig:
+        return WaveformConfig(max_chunks=self.max_chunks, stack=self.stack)
+
+    def write(self, export_dir: Path) -> None:
+        (export_dir / SETTINGS_FILE).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, export_dir: Path) -> "ExportSettings":
+        path = export_dir / SETTINGS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; is {export_dir} a model exported by llaso_train?")
+        return cls(**json.loads(path.read_text()))
+
+
+def load_exported(export_dir: Path | str, attention: str = "auto") -> tuple[SpeechLM, object, ExportSettings]:
+    """The speech LM exported by ``llaso_train`` (``lm/`` with its tokenizer, ``encoder/``,
+    ``projector.safetensors``, ``llaso.json``), in eval mode on the CPU, its tokenizer and
+    its settings. Weights load from safetensors; nothing is unpickled."""
+    from transformers import AutoTokenizer
+
+    export_dir = Path(export_dir)
+    settings = ExportSettings.read(export_dir)
+    attention = pick_attention(attention)
+    tokenizer = AutoTokenizer.from_pretrained(export_dir / "lm")
+    encoder = WhisperEncoder.from_pretrained(export_dir / "encoder", attn_implementation=attention)
+    lm = AutoModelForCausalLM.from_pretrained(export_dir / "lm", attn_implementation=attention)
+    projector = Projector(encoder.config.d_model, lm.config.hidden_size, settings.stack)
+    projector.load_state_dict(load_file(str(export_dir / PROJECTOR_FILE)))
+    audio_pad = special_token_ids(tokenizer, settings.fmt)[settings.fmt.audio_pad]
+    return SpeechLM(encoder, projector, lm, audio_pad).eval(), tokenizer, settings

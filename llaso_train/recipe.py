@@ -6,6 +6,7 @@ Launch: ``torchrun --nproc_per_node N -m llaso_train --config FILE [key=value ..
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from llaso_data.stream import ShardStream, StreamConfig, StreamLoader
 from llaso_data.waveform import WaveformConfig
 
 from .config import TrainConfig, to_dict
-from .model import PROJECTOR_FILE, SpeechLM, build_model, load_projector
+from .model import PROJECTOR_FILE, ExportSettings, SpeechLM, build_model, load_projector
 
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
@@ -230,7 +231,9 @@ def train(config: TrainConfig) -> None:
         for handle in (keys_file, metrics_file):
             if handle:
                 handle.close()
-    _export(engine, model, tokenizer, out / "export", rank)
+    settings = ExportSettings(config.model.stack, config.data.max_chunks, config.data.max_length,
+                              dataclasses.asdict(fmt))
+    _export(model, tokenizer, settings, out / "export", rank)
     log0(f"done: {step} steps; model exported to {out / 'export'}")
 
 
@@ -242,9 +245,9 @@ def _save(engine, checkpoints: Path, step: int, loader: StreamLoader, telemetry:
     engine.save_checkpoint(str(checkpoints), tag=f"step{step}", client_state=client)
 
 
-def _export(engine, model: SpeechLM, tokenizer, target: Path, rank: int) -> None:
-    """HF-format LM + tokenizer, the encoder, and ``projector.safetensors`` (all ranks
-    gather, rank 0 writes)."""
+def _export(model: SpeechLM, tokenizer, settings: ExportSettings, target: Path, rank: int) -> None:
+    """HF-format LM + tokenizer, the encoder, ``projector.safetensors`` and the inference
+    settings (see ``llaso_train.model.load_exported``); all ranks gather, rank 0 writes."""
     import deepspeed
     from safetensors.torch import save_file
 
@@ -256,4 +259,5 @@ def _export(engine, model: SpeechLM, tokenizer, target: Path, rank: int) -> None
             tokenizer.save_pretrained(target / "lm")
             save_file({k: v.detach().cpu().contiguous() for k, v in model.projector.state_dict().items()},
                       str(target / PROJECTOR_FILE))
+            settings.write(target)
     dist.barrier()

@@ -16,6 +16,7 @@ from llaso_data.chat import (
     LLASO_SYSTEM_PROMPT,
     ChatFormat,
     NoSupervisedTokens,
+    PromptTooLong,
     TruncatedAudio,
     ensure_chat_tokens,
     render,
@@ -160,6 +161,34 @@ def test_multi_turn_supervises_every_assistant_turn(tok):
         assert rendered.input_ids[start:start + length] == [pad] * length
         assert rendered.labels[start:start + length] == [IGNORE_INDEX] * length
     assert rendered.input_ids.count(pad) == 9
+
+
+def test_prompt_is_the_training_sequence_up_to_the_last_answer(tok, fixture_samples):
+    for sample in [*fixture_samples, multi_turn_sample()]:
+        tokens = [3] * len(sample.audio)
+        full = render(sample, tok, tokens)
+        prompt = render(sample, tok, tokens, prompt_only=True)
+        last_answer = supervised_runs(full)[-1][0]
+        assert prompt.input_ids == full.input_ids[:last_answer], sample.key
+        assert prompt.labels == [IGNORE_INDEX] * len(prompt.input_ids)
+        assert prompt.audio_spans == full.audio_spans
+        assert tok.decode(prompt.input_ids).endswith(header("assistant"))
+
+
+def test_multi_turn_prompt_keeps_earlier_answers_as_context(tok):
+    prompt = render(multi_turn_sample(), tok, [2, 3, 4], prompt_only=True)
+    decoded = tok.decode(prompt.input_ids)
+    assert "The second clip is louder." + EOT in decoded
+    assert decoded.endswith(header("user") + audio(4) + "Last: 这个声音听起来怎么样？" + EOT + header("assistant"))
+    assert "很高兴" not in decoded
+
+
+def test_prompt_longer_than_max_length_is_reported(tok, fixture_samples):
+    sample = first_of(fixture_samples, "text_audio")
+    length = len(render(sample, tok, [3], prompt_only=True).input_ids)
+    assert len(render(sample, tok, [3], max_length=length, prompt_only=True).input_ids) == length
+    with pytest.raises(PromptTooLong, match=sample.key):
+        render(sample, tok, [3], max_length=length - 1, prompt_only=True)
 
 
 def test_truncation_after_audio_keeps_the_span(tok, fixture_samples):

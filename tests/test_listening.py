@@ -22,17 +22,15 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-from transformers.models.whisper.modeling_whisper import WhisperEncoder
-
 from llaso_data.chat import IGNORE_INDEX, ChatFormat, renderer, special_token_ids
 from llaso_data.plan import Batching, PlanConfig, Selection, plan_rank
 from llaso_data.records import Sample
+from llaso_data.synth import write_corpus
+from llaso_data.tasks import parse_file_name
 from llaso_data.stream import collate
 from llaso_data.tar_access import ShardReader
 from llaso_data.waveform import SAMPLE_RATE, WaveformConfig, chunk_waveform, decode_clip
-from llaso_train.model import PROJECTOR_FILE, Projector, SpeechLM
+from llaso_train.model import SpeechLM, load_exported
 
 from conftest import convert_in_process
 
@@ -99,17 +97,6 @@ def train(shards: Path, out: Path, *overrides: str, steps: int = STEPS, lr: str 
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
 
-def load_exported(export: Path) -> tuple[SpeechLM, PreTrainedTokenizerFast]:
-    """The exported speech LM (encoder, projector, LM) and its tokenizer, as build_model assembles them."""
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(export / "lm")
-    encoder = WhisperEncoder.from_pretrained(export / "encoder")
-    lm = AutoModelForCausalLM.from_pretrained(export / "lm")
-    projector = Projector(encoder.config.d_model, lm.config.hidden_size, STACK)
-    projector.load_state_dict(load_file(str(export / PROJECTOR_FILE)))
-    audio_pad = special_token_ids(tokenizer, ChatFormat())[ChatFormat().audio_pad]
-    return SpeechLM(encoder, projector, lm, audio_pad).eval(), tokenizer
-
-
 def read_split(shards: Path, split: str, waveform: WaveformConfig) -> list[tuple[Sample, list[list[np.ndarray]]]]:
     """Every sample of ``split`` with its clips cut into windows, read back from the shards."""
     plan = plan_rank(shards, PlanConfig(selection=Selection((split,)), batching=Batching(batch_size=1)), 0, 1, 0)
@@ -170,10 +157,18 @@ def shards(tmp_path_factory) -> Path:
     return out
 
 
-def test_the_trained_model_answers_from_the_audio(shards, tmp_path):
-    train(shards, tmp_path / "run")
-    model, tokenizer = load_exported(tmp_path / "run" / "export")
-    waveform = WaveformConfig(max_chunks=1, stack=STACK)
+@pytest.fixture(scope="module")
+def export(shards, tmp_path_factory) -> Path:
+    """The tiny instruct preset trained on the tone corpus, as ``llaso_train`` exports it."""
+    run = tmp_path_factory.mktemp("tone_run")
+    train(shards, run)
+    return run / "export"
+
+
+def test_the_trained_model_answers_from_the_audio(shards, export):
+    model, tokenizer, settings = load_exported(export)
+    waveform = settings.waveform
+    assert waveform == WaveformConfig(max_chunks=1, stack=STACK)
     records = read_split(shards, "test", waveform)
     assert [s.task for s, _ in records] == ["VSC"] * len(records)
     # balanced classes and one prompt: the best audio-blind answer scores exactly 1/K
@@ -188,3 +183,60 @@ def test_the_trained_model_answers_from_the_audio(shards, tmp_path):
     # Silence makes every test input identical, so any model gives one answer to all: exactly
     # 1/K (measured 0.25 every time). A higher score would mean the label leaks into scoring.
     assert deaf <= 0.5
+
+
+def generate(export: Path, shards: Path, out: Path, ranks: int, zero_stage: int, *options: str) -> dict:
+    """``llaso-eval generate`` under torchrun; returns ``OUT/generation.json``."""
+    command = [*TORCHRUN[:-1], str(ranks), "-m", "llaso_eval", "generate", "--model", str(export),
+               "--shards", str(shards), "--out", str(out), "--zero-stage", str(zero_stage),
+               "--batch-size", "8", "--max-new-tokens", "8", *options]
+    result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return json.loads((out / "generation.json").read_text())
+
+
+def score(predictions: Path) -> dict:
+    """``llaso-eval score PRED --json``."""
+    result = subprocess.run([sys.executable, "-m", "llaso_eval", "score", str(predictions), "--json"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout)
+
+
+def test_generated_answers_score_from_the_audio(shards, export, tmp_path):
+    """Greedy generation on 2 ZeRO-3 ranks, scored by ``llaso-eval score``: the model names
+    the tone's class, as the likelihood check above found."""
+    summary = generate(export, shards, tmp_path / "pred", ranks=2, zero_stage=3)
+    total = TEST_PER_CLASS * len(CLASSES)
+    assert (summary["samples"], summary["predicted"], summary["missing"]) == (total, total, [])
+    records = json.loads((tmp_path / "pred" / "LLaSO-Eval" / "text_audio" / f"{STEM}_test.json").read_text())
+    assert [r["conversations"][0]["value"] for r in records] == [PROMPT] * total  # source order, LLaSO format
+    scores = score(tmp_path / "pred")[STEM]
+    print(f"generated answers: {scores}")
+    assert (scores["metric"], scores["n"]) == ("accuracy", total)
+    assert scores["value"] >= 0.6  # audio-blind: 0.25
+    assert scores["abstention_rate"] <= 0.2
+
+
+def test_generation_covers_a_whole_eval_corpus_and_scores_it(export, tmp_path):
+    """The synthetic LLaSO-Eval corpus (every task, all three modalities): every sample gets
+    an answer in a file mirroring its source, every file scores, and ZeRO-3 over 2 ranks
+    answers exactly what one rank with the full model answers."""
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, seed=3, samples_per_task=2)
+    shards = tmp_path / "shards"
+    assert convert_in_process(corpus, shards).identity_holds
+    split = generate(export, shards, tmp_path / "zero3", ranks=2, zero_stage=3)
+    whole = generate(export, shards, tmp_path / "single", ranks=1, zero_stage=0)
+    assert split["missing"] == [] and split["predicted"] == split["samples"] > 20
+    assert split == whole
+    sources = sorted(p.relative_to(corpus).as_posix() for p in (corpus / "LLaSO-Eval").rglob("*_test.json"))
+    assert sorted(split["files"]) == sources
+    for source in sources:
+        assert (tmp_path / "zero3" / source).read_bytes() == (tmp_path / "single" / source).read_bytes()
+    scores = score(tmp_path / "zero3")
+    stems = {parse_file_name(Path(s).name).stem for s in sources}
+    assert set(scores) == stems
+    assert sum(s["n"] for s in scores.values()) == split["samples"]
+    for stem, result in scores.items():
+        assert result["metric"] and (result["value"] is not None or result.get("skipped")), (stem, result)
