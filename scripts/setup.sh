@@ -7,7 +7,9 @@ export PIP_CONSTRAINT="$PWD/constraints.txt"   # pins torch to the CPU wheel, se
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import llaso_data, ray, webdataset, deepspeed, pytest" 2>/dev/null; then
+# A missing console script means the package metadata is older than pyproject.toml.
+if ! .venv/bin/python -c "import llaso_data, ray, webdataset, deepspeed, jiwer, pytest" 2>/dev/null \
+    || [ ! -x .venv/bin/llaso-eval ]; then
   # pip warns once per optional local package index it cannot find: drop that noise only.
   .venv/bin/pip install --quiet -e ".[test]" \
     2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
