@@ -1,4 +1,4 @@
-"""``llaso-eval``: score prediction files and report on them (all printing and exit codes live here).
+"""``llaso-eval``: generate answers, score prediction files and report on them (all printing and exit codes live here).
 
 Exit status: 0 when scoring ran (records that could not be scored are listed on stderr
 and counted per stem as ``rejected``), 2 on bad input (a missing or empty folder, an
@@ -23,6 +23,7 @@ SHOW_PROBLEMS = 20
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llaso-eval", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_generate(commands)
     _add_score(commands)
     _add_report(commands)
     args = parser.parse_args(argv)
@@ -40,6 +41,47 @@ def _add_judge_options(parser: argparse.ArgumentParser) -> None:
                        help="a local Hugging Face causal LM folder as judge (instead of --judge-url)")
     group.add_argument("--judge-workers", type=int, default=8, metavar="N",
                        help="judge requests in flight at once (default 8)")
+
+
+def _add_generate(commands) -> None:
+    generate = commands.add_parser(
+        "generate", help="answer an eval corpus's shards with an exported model (under torchrun)",
+        description="Run as: torchrun --nproc_per_node N -m llaso_eval generate --model EXPORT "
+                    "--shards DIR --out DIR (or plain `llaso-eval generate` for one process).")
+    generate.add_argument("--model", type=Path, required=True, help="a llaso_train export folder (RUN/export)")
+    generate.add_argument("--shards", type=Path, required=True, help="a converted corpus (llaso-shard convert)")
+    generate.add_argument("--out", type=Path, required=True, help="a new or empty folder for the predictions")
+    generate.add_argument("--splits", nargs="+", default=["test"], help="splits to answer (default: test)")
+    generate.add_argument("--modalities", nargs="+", default=None, help="modalities to answer (default: all)")
+    generate.add_argument("--tasks", nargs="+", default=None, help="tasks to answer (default: all)")
+    generate.add_argument("--batch-size", type=int, default=8, help="samples per rank and step (default 8)")
+    generate.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens (default 128)")
+    generate.add_argument("--num-workers", type=int, default=1, help="DataLoader workers per rank (default 1)")
+    generate.add_argument("--zero-stage", type=int, choices=(0, 3), default=3,
+                          help="3: weights partitioned over the ranks (default); 0: a full copy per rank")
+    generate.set_defaults(run=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from .generate import GenerateOptions, generate
+
+    try:
+        options = GenerateOptions(
+            model=args.model, shards=args.shards, out=args.out, splits=tuple(args.splits),
+            modalities=tuple(args.modalities) if args.modalities else None,
+            tasks=tuple(args.tasks) if args.tasks else None, batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens, num_workers=args.num_workers, zero_stage=args.zero_stage)
+        summary = generate(options)
+    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        print(f"llaso-eval generate: {error}", file=sys.stderr)
+        return 2
+    if summary is not None:
+        print(f"answered {summary['predicted']} of {summary['samples']} samples in {len(summary['files'])} files "
+              f"under {args.out}; missing {len(summary['missing'])}, skipped {summary['skipped_by_reason'] or 'none'}")
+        if summary["missing"]:
+            print(f"missing samples are listed in {args.out / 'generation.json'}", file=sys.stderr)
+            return 1
+    return 0
 
 
 def _add_score(commands) -> None:

@@ -30,7 +30,8 @@ from llaso_data.plan import Batching, PlanConfig, Selection
 from llaso_data.records import Sample
 from llaso_data.stream import ShardStream, StreamConfig, StreamLoader
 
-SUMMARY_FILE = "generation.json"
+from .predictions import GENERATION_SUMMARY
+
 PARTS_DIR = ".parts"
 ROLE_NAMES = {"user": "human", "assistant": "gpt"}
 
@@ -129,7 +130,7 @@ def merge_parts(parts: list[Path], out: Path, expected: dict[str, tuple[str, int
                "missing": [{"key": key, "source": expected[key][0], "ordinal": expected[key][1]}
                            for key in missing],
                "skipped_by_reason": skipped, "files": written}
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
+    (out / GENERATION_SUMMARY).write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
     return summary
 
 

@@ -38,6 +38,8 @@ KEY_FIELDS = ("key", "index", "id")
 """Fields naming a record in messages, in order of precedence (else its position)."""
 NOT_PREDICTION_FOLDERS = frozenset({"gpt_result", "abstention"})
 """Folders of LLaSO's ``results/<model>/`` that hold scorer outputs, not predictions."""
+GENERATION_SUMMARY = "generation.json"
+"""The account ``llaso-eval generate`` writes at the top of its output folder; not predictions."""
 AUDIO_PLACEHOLDER = "<audio>"
 _USER_ROLES = {"human", "user"}
 
@@ -88,8 +90,9 @@ class PredictionDirError(ValueError):
 
 
 def find_prediction_files(pred_dir: Path) -> list[Path]:
-    """Every ``*.json``/``*.jsonl`` under ``pred_dir`` (sorted), except hidden paths and
-    LLaSO's ``gpt_result/`` and ``abstention/`` folders.
+    """Every ``*.json``/``*.jsonl`` under ``pred_dir`` (sorted), except hidden paths,
+    LLaSO's ``gpt_result/`` and ``abstention/`` folders and ``generate``'s summary
+    (:data:`GENERATION_SUMMARY` at the top).
 
     Raises :class:`PredictionDirError` when the folder does not exist, holds no prediction
     file, or holds two files with the same stem (e.g. the same task in two folders).
@@ -97,7 +100,8 @@ def find_prediction_files(pred_dir: Path) -> list[Path]:
     if not pred_dir.is_dir():
         raise PredictionDirError(f"{pred_dir}: not a folder")
     paths = [p for p in annotation_files(pred_dir)
-             if not NOT_PREDICTION_FOLDERS.intersection(p.relative_to(pred_dir).parts[:-1])]
+             if not NOT_PREDICTION_FOLDERS.intersection(p.relative_to(pred_dir).parts[:-1])
+             and p != pred_dir / GENERATION_SUMMARY]
     if not paths:
         raise PredictionDirError(f"{pred_dir}: no .json or .jsonl prediction files")
     seen: dict[str, Path] = {}
