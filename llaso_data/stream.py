@@ -18,10 +18,11 @@ samples, ``T`` longest token sequence):
 * ``skipped``: samples left out of this batch (corrupt with ``on_corrupt="skip"``, or too
   long to render), by reason
 
-:class:`StreamLoader` yields these as torch tensors. Workers build them as numpy arrays
-(:func:`collate`), which travel to the trainer's process pickled in the DataLoader's queue,
-and become tensors there without a copy (:func:`to_torch`): a torch tensor from a worker
-would instead go through a shared-memory file and a file-descriptor handshake per tensor.
+:class:`StreamLoader` yields these as torch tensors. A worker (:func:`collate`) writes
+``chunks`` straight into a shared-memory tensor, which reaches the trainer's process as one
+file descriptor, and builds the small arrays with numpy: they travel pickled in the
+DataLoader's queue and become tensors there without a copy (:func:`to_torch`), where a
+tensor each would cost a shared-memory file and a file-descriptor handshake.
 """
 
 from __future__ import annotations
@@ -119,8 +120,8 @@ class ShardStream(IterableDataset):
 
 def collate(samples: list[Sample], waveforms: list[list[list[np.ndarray]]], waveform: WaveformConfig,
             render: Renderer | None, pad_id: int, skipped: dict[str, int]) -> dict:
-    """Build a batch dict (see the module docstring) from decoded samples, with numpy arrays
-    where the loader yields tensors (:func:`to_torch` converts).
+    """Build a batch dict (see the module docstring) from decoded samples: ``chunks`` a
+    tensor, the other arrays numpy (:func:`to_torch` makes them tensors).
 
     ``waveforms[b][clip]`` is the list of 30 s windows (int16 or float32, see
     :mod:`llaso_data.waveform`) of clip ``clip`` of sample ``b``.
@@ -162,13 +163,19 @@ def collate(samples: list[Sample], waveforms: list[list[list[np.ndarray]]], wave
     return batch
 
 
-def _pad_chunks(chunks: list[np.ndarray], longest: int) -> np.ndarray:
+def _pad_chunks(chunks: list[np.ndarray], longest: int) -> torch.Tensor:
     """(C, longest) zero-padded: int16 if every chunk is int16, else float32 (int16 chunks
-    converted exactly)."""
+    converted exactly). In a DataLoader worker the tensor lives in shared memory from the
+    start (as torch's default_collate does), so it is filled once and reaches the trainer's
+    process as one file descriptor, not copied through the queue."""
     pcm = all(chunk.dtype == np.int16 for chunk in chunks)
-    audio = np.zeros((len(chunks), longest), dtype=np.int16 if pcm else np.float32)
+    audio = torch.empty((len(chunks), longest), dtype=torch.int16 if pcm else torch.float32)
+    if get_worker_info() is not None:
+        audio.share_memory_()
+    rows = audio.numpy()
     for row, chunk in enumerate(chunks):
-        audio[row, :len(chunk)] = chunk if pcm else to_float32(chunk)
+        rows[row, :len(chunk)] = chunk if pcm else to_float32(chunk)
+        rows[row, len(chunk):] = 0
     return audio
 
 
