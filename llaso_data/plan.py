@@ -29,6 +29,7 @@ The plan of an epoch:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,23 +384,25 @@ def _slot_costs(plan: RankPlan, batching: Batching) -> np.ndarray:
 
 def _dynamic_batches(emission: np.ndarray, costs: np.ndarray, config: PlanConfig, epoch: int,
                      rank: int) -> list[np.ndarray]:
-    """Length-bucketed batches under the padded-cost budget, built block by block."""
+    """Length-bucketed batches under the padded-cost budget, built block by block.
+
+    Inside a block, slots are sorted by cost and cut greedily: a batch starting at sorted
+    position ``s`` takes ``s`` and then each next slot ``j`` while ``cost[j] * (j - s + 1)``
+    (its padded cost, the slot being the longest so far) stays within the budget. That
+    product grows with ``j``, so each cut is a binary search, not a walk over the slots."""
     budget = config.batching.max_tokens
     block = config.shuffle_block
     batches: list[np.ndarray] = []
     for number, begin in enumerate(range(0, len(emission), block)):
         slots = emission[begin:begin + block]
-        slots = slots[np.argsort(costs[slots], kind="stable")]
-        block_batches, current, longest = [], [], 0.0
-        for slot in slots:
-            cost = costs[slot]
-            if current and max(longest, cost) * (len(current) + 1) > budget:
-                block_batches.append(np.array(current))
-                current, longest = [], 0.0
-            current.append(slot)
-            longest = max(longest, cost)
-        if current:
-            block_batches.append(np.array(current))
+        order = np.argsort(costs[slots], kind="stable")
+        slots, sorted_costs = slots[order], costs[slots][order].tolist()
+        block_batches, start = [], 0
+        while start < len(slots):
+            end = bisect.bisect_right(range(start + 1, len(slots)), budget,
+                                      key=lambda j: sorted_costs[j] * (j - start + 1)) + start + 1
+            block_batches.append(slots[start:end])
+            start = end
         order = seeded_rng(config.seed, epoch, rank, "batches", number).permutation(len(block_batches))
         batches.extend(block_batches[i] for i in order)
     return batches
