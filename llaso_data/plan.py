@@ -29,6 +29,7 @@ The plan of an epoch:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,21 +120,26 @@ class PlanConfig:
 
 @dataclass
 class ShardTable:
-    """The manifest rows of the selected shards, as arrays (length S)."""
+    """The manifest rows of the selected shards, as arrays (length S), sorted by name."""
 
     names: list[str]
     tasks: np.ndarray          # (S,) object, task per shard
     sizes: np.ndarray          # (S,) int64, samples per shard
+    first_rows: np.ndarray     # (S,) int64, row of the shard's first sample in index.parquet
 
     @classmethod
     def load(cls, out: Path, selection: Selection) -> "ShardTable":
         rows = read_manifest(out).select(["shard", "split", "modality", "task", "num_samples"]).to_pylist()
+        first_row = 0  # the index lists samples grouped by shard in manifest order
+        for row in rows:
+            row["first_row"], first_row = first_row, first_row + row["num_samples"]
         kept = sorted((r for r in rows if selection.keeps(r["split"], r["modality"], r["task"])),
                       key=lambda r: r["shard"])
         if not kept:
             raise ValueError(f"{out}: no shard matches {selection}")
         return cls([r["shard"] for r in kept], np.array([r["task"] for r in kept], dtype=object),
-                   np.array([r["num_samples"] for r in kept], dtype=np.int64))
+                   np.array([r["num_samples"] for r in kept], dtype=np.int64),
+                   np.array([r["first_row"] for r in kept], dtype=np.int64))
 
 
 def task_quotas(sizes: dict[str, int], mixing: Mixing) -> dict[str, int]:
@@ -173,10 +179,12 @@ def _largest_remainder(exact: np.ndarray, total: int, tiebreak: np.ndarray | Non
 class RankPlan:
     """One rank's epoch.
 
-    ``shard_names`` are indexed by ``shard``; ``shard``/``offset``/``seconds``/``chars`` are
-    per slot (length L); ``batches`` holds, for each of the K batches, the slot numbers it
-    serves, in order. ``dropped_batches`` counts dynamic batches dropped to match the other
-    ranks; ``padded_slots`` counts slots added by ``remainder="pad"``.
+    ``shard_names`` are indexed by ``shard``; ``shard`` (int32), ``offset`` (int64, byte
+    offset in the tar), ``seconds`` (float32) and ``chars`` (int32) are per slot (length L);
+    ``batches`` holds, for each of the K batches, the slot numbers (int64) it serves, in
+    order: a (K, batch_size) array for fixed batches, a list of arrays for dynamic ones.
+    ``dropped_batches`` counts dynamic batches dropped to match the other ranks;
+    ``padded_slots`` counts slots added by ``remainder="pad"``.
     """
 
     epoch: int
@@ -187,15 +195,15 @@ class RankPlan:
     offset: np.ndarray
     seconds: np.ndarray
     chars: np.ndarray
-    batches: list[np.ndarray] = field(default_factory=list)
+    batches: np.ndarray | list[np.ndarray] = field(default_factory=list)
     dropped_batches: int = 0
     padded_slots: int = 0
 
-    def worker_batches(self, worker: int, num_workers: int, start: int = 0) -> list[int]:
+    def worker_batches(self, worker: int, num_workers: int, start: int = 0) -> range:
         """Batch numbers worker ``worker`` of ``num_workers`` serves from batch ``start`` on:
         ``start + worker``, ``start + worker + W``, ... (a DataLoader collects from workers
         0, 1, ..., W-1 in turn, so this is exactly the planned order)."""
-        return list(range(start + worker, len(self.batches), max(num_workers, 1)))
+        return range(start + worker, len(self.batches), max(num_workers, 1))
 
 
 def _global_slots(shards: ShardTable, config: PlanConfig, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -220,8 +228,11 @@ def _positions_in_shard(size: int, take: int, seed: int, epoch: int, name: str) 
     """The ``take`` positions (0-based sample numbers) served from a shard of ``size``:
     whole passes, then a seeded subset; ascending within each pass (sequential reads)."""
     passes, rest = divmod(take, size)
+    whole = np.tile(np.arange(size, dtype=np.int64), passes)
+    if not rest:
+        return whole
     chosen = np.sort(seeded_rng(seed, epoch, "pick", name).permutation(size)[:rest])
-    return np.concatenate([np.tile(np.arange(size), passes), chosen]).astype(np.int64)
+    return np.concatenate([whole, chosen]).astype(np.int64)
 
 
 def _rank_range(total: int, world_size: int, rank: int, batching: Batching) -> tuple[int, int, int]:
@@ -250,30 +261,31 @@ def plan_rank(out: Path, config: PlanConfig, epoch: int, world_size: int, rank: 
     start, length, padded = _rank_range(total, world_size, rank, config.batching)
     if length == 0:
         raise ValueError(f"epoch of {total} samples is too small for {world_size} ranks")
-    wanted = np.arange(start, start + length) % total           # global slot numbers (wrap = pad)
-    owner = np.searchsorted(ends, wanted, side="right")         # position in `order`
-    needed = np.unique(owner)
-    names = [shards.names[order[i]] for i in needed]
-    index = _load_index_rows(out, names)
-    shard_of_slot = np.searchsorted(needed, owner).astype(np.int32)
+    pieces = _rank_pieces(ends, start, length)
+    local = {}  # position in `order` -> number of the shard in this plan, by first use
+    for position, _, _ in pieces:
+        local.setdefault(position, len(local))
+    touched = order[list(local)]
+    names = [shards.names[i] for i in touched]
+    rows = _read_index_rows(out, names, shards.first_rows[touched], shards.sizes[touched])
+    slot_shard = np.empty(length, np.int32)
     slot_offset = np.empty(length, np.int64)
     slot_seconds = np.empty(length, np.float32)
-    slot_chars = np.empty(length, np.int64)
-    # Slots grouped by shard once (O(L log L)), not one full-length mask per shard (O(S * L)).
-    by_shard = np.argsort(shard_of_slot, kind="stable")
-    bounds = np.searchsorted(shard_of_slot[by_shard], np.arange(len(needed) + 1))
-    for local, position_in_order in enumerate(needed):
-        shard_id = order[position_in_order]
-        name = shards.names[shard_id]
-        rows = index[name]
-        positions = _positions_in_shard(int(shards.sizes[shard_id]), int(takes[shard_id]), config.seed, epoch, name)
-        first = int(ends[position_in_order] - takes[shard_id])
-        mask = by_shard[bounds[local]:bounds[local + 1]]
-        picked = positions[wanted[mask] - first]
-        slot_offset[mask] = rows["offset"][picked]
-        slot_seconds[mask] = rows["audio_seconds"][picked]
-        slot_chars[mask] = rows["text_chars"][picked]
-    plan = RankPlan(epoch, rank, world_size, names, shard_of_slot, slot_offset, slot_seconds, slot_chars,
+    slot_chars = np.empty(length, np.int32)
+    cursor = 0
+    for position, first, count in pieces:
+        number = local[position]
+        shard_id = order[position]
+        picked = _positions_in_shard(int(shards.sizes[shard_id]), int(takes[shard_id]), config.seed, epoch,
+                                     shards.names[shard_id])[first:first + count]
+        offset, seconds, chars = rows[number]
+        slots = slice(cursor, cursor + count)
+        slot_shard[slots] = number
+        slot_offset[slots] = offset[picked]
+        slot_seconds[slots] = seconds[picked]
+        slot_chars[slots] = chars[picked]
+        cursor += count
+    plan = RankPlan(epoch, rank, world_size, names, slot_shard, slot_offset, slot_seconds, slot_chars,
                     padded_slots=padded)
     emission = _block_shuffle(length, config.shuffle_block, config.seed, epoch, rank)
     if config.batching.dynamic:
@@ -284,41 +296,84 @@ def plan_rank(out: Path, config: PlanConfig, epoch: int, world_size: int, rank: 
         plan.dropped_batches = len(batches) - count
         plan.batches = batches[:count]
     else:
-        size = config.batching.batch_size
-        plan.batches = [emission[i:i + size] for i in range(0, length, size)]
+        plan.batches = emission.reshape(-1, config.batching.batch_size)  # length is a multiple
     return plan
 
 
-def _load_index_rows(out: Path, names: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
-    """Index columns of the given shards, per shard (row-group pruned).
+def _rank_pieces(ends: np.ndarray, start: int, length: int) -> list[tuple[int, int, int]]:
+    """The global slots ``start .. start + length - 1`` (wrapping past the end: padding) as
+    runs within one shard: ``(position in the shard order, first take, count)``, in slot order.
+    ``ends`` are the cumulative takes along the shard order."""
+    total = int(ends[-1])
+    pieces = []
+    while length:
+        slot = start % total
+        position = int(np.searchsorted(ends, slot, side="right"))
+        first = slot - (int(ends[position - 1]) if position else 0)
+        count = min(int(ends[position]) - slot, length)
+        pieces.append((position, first, count))
+        start, length = start + count, length - count
+    return pieces
 
-    Relies on the index contract: rows grouped by shard, in shard order (offset ascending).
-    """
-    table = pq.read_table(out / INDEX_FILE, columns=["shard", "offset", "audio_seconds", "text_chars"],
-                          filters=[("shard", "in", list(names))], read_dictionary=["shard"])
-    encoded = table.unify_dictionaries()["shard"].combine_chunks()
-    codes = encoded.indices.to_numpy()
-    labels = encoded.dictionary.to_pylist()
-    bounds = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1, [len(codes)]])
-    columns = {c: table[c].to_numpy() for c in ("offset", "audio_seconds", "text_chars")}
-    rows = {}
-    for begin, end in zip(bounds[:-1], bounds[1:]):
-        rows[labels[codes[begin]]] = {c: values[begin:end] for c, values in columns.items()}
-    missing = set(names) - set(rows)
-    if len(rows) != len(bounds) - 1:
-        raise ValueError(f"{out / INDEX_FILE}: rows of a shard are not contiguous")
-    if missing:
-        raise ValueError(f"{out / INDEX_FILE} has no rows for shards {sorted(missing)[:3]}")
-    return rows
+
+def _read_index_rows(out: Path, names: Sequence[str], first_rows: np.ndarray, sizes: np.ndarray
+                     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(offset, audio_seconds, text_chars)`` rows of each named shard, read from the row
+    range the manifest gives it (``first_rows``, ``sizes``). Only the row groups holding a
+    range are decoded, one at a time, and of them only these columns and ``shard``, which is
+    checked at both ends of every range: an index that does not list the shards' samples
+    where the manifest says raises ValueError."""
+    path = out / INDEX_FILE
+    index = pq.ParquetFile(path, read_dictionary=["shard"])
+    metadata = index.metadata
+    group_starts = np.cumsum([0] + [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])
+    lasts = first_rows + sizes  # one past each range's last row
+    if lasts.max(initial=0) > group_starts[-1]:
+        raise ValueError(f"{path} has {group_starts[-1]} rows; the manifest lists more samples")
+    bases = np.concatenate([[0], np.cumsum(sizes)])  # where each shard's rows go in the output
+    offset = np.empty(bases[-1], np.int64)
+    seconds = np.empty(bases[-1], np.float32)
+    chars = np.empty(bases[-1], np.int32)
+    ranges = np.argsort(first_rows, kind="stable")
+    wanted = np.zeros(metadata.num_row_groups, bool)
+    for r in ranges:
+        wanted[np.searchsorted(group_starts, first_rows[r], "right") - 1:np.searchsorted(group_starts, lasts[r])] = True
+    unfinished = 0  # ranges[unfinished:] still have rows to read
+    for group in np.flatnonzero(wanted):
+        begin, end = int(group_starts[group]), int(group_starts[group + 1])
+        table = index.read_row_group(int(group), columns=["shard", "offset", "audio_seconds", "text_chars"],
+                                     use_threads=False)
+        # Arrow to numpy through DLPack (no copy; refuses nulls, which the index never holds),
+        # not to_numpy(), which imports pandas: ~0.4 s and ~40 MB in every rank.
+        shard = table["shard"].combine_chunks()
+        codes, labels = np.from_dlpack(shard.indices), shard.dictionary.to_pylist()
+        columns = [np.from_dlpack(table[c].combine_chunks()) for c in ("offset", "audio_seconds", "text_chars")]
+        for r in ranges[unfinished:]:
+            low, high = int(first_rows[r]), int(lasts[r])
+            if low >= end:
+                break
+            a, b = max(low, begin), min(high, end)  # the range's rows inside this group
+            for row in (a, b - 1):
+                if labels[codes[row - begin]] != names[r]:
+                    raise ValueError(f"{path}: row {row} is not a sample of {names[r]}, whose rows the manifest "
+                                     f"puts at {low}..{high - 1} (the index must list samples grouped by shard, "
+                                     "in manifest order)")
+            into = slice(bases[r] + a - low, bases[r] + b - low)
+            offset[into], seconds[into], chars[into] = (column[a - begin:b - begin] for column in columns)
+        while unfinished < len(ranges) and lasts[ranges[unfinished]] <= end:
+            unfinished += 1
+    return [(offset[bases[r]:bases[r + 1]], seconds[bases[r]:bases[r + 1]], chars[bases[r]:bases[r + 1]])
+            for r in range(len(names))]
 
 
 def _block_shuffle(length: int, block: int, seed: int, epoch: int, rank: int) -> np.ndarray:
     """Slot numbers ``0..length-1`` permuted inside consecutive blocks of ``block``."""
-    pieces = []
+    emission = np.empty(length, np.int64)
     for number, begin in enumerate(range(0, length, block)):
         end = min(begin + block, length)
-        pieces.append(begin + seeded_rng(seed, epoch, rank, "block", number).permutation(end - begin))
-    return np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+        emission[begin:end] = seeded_rng(seed, epoch, rank, "block", number).permutation(end - begin)
+        emission[begin:end] += begin
+    return emission
 
 
 def _slot_costs(plan: RankPlan, batching: Batching) -> np.ndarray:
@@ -329,23 +384,25 @@ def _slot_costs(plan: RankPlan, batching: Batching) -> np.ndarray:
 
 def _dynamic_batches(emission: np.ndarray, costs: np.ndarray, config: PlanConfig, epoch: int,
                      rank: int) -> list[np.ndarray]:
-    """Length-bucketed batches under the padded-cost budget, built block by block."""
+    """Length-bucketed batches under the padded-cost budget, built block by block.
+
+    Inside a block, slots are sorted by cost and cut greedily: a batch starting at sorted
+    position ``s`` takes ``s`` and then each next slot ``j`` while ``cost[j] * (j - s + 1)``
+    (its padded cost, the slot being the longest so far) stays within the budget. That
+    product grows with ``j``, so each cut is a binary search, not a walk over the slots."""
     budget = config.batching.max_tokens
     block = config.shuffle_block
     batches: list[np.ndarray] = []
     for number, begin in enumerate(range(0, len(emission), block)):
         slots = emission[begin:begin + block]
-        slots = slots[np.argsort(costs[slots], kind="stable")]
-        block_batches, current, longest = [], [], 0.0
-        for slot in slots:
-            cost = costs[slot]
-            if current and max(longest, cost) * (len(current) + 1) > budget:
-                block_batches.append(np.array(current))
-                current, longest = [], 0.0
-            current.append(slot)
-            longest = max(longest, cost)
-        if current:
-            block_batches.append(np.array(current))
+        order = np.argsort(costs[slots], kind="stable")
+        slots, sorted_costs = slots[order], costs[slots][order].tolist()
+        block_batches, start = [], 0
+        while start < len(slots):
+            end = bisect.bisect_right(range(start + 1, len(slots)), budget,
+                                      key=lambda j: sorted_costs[j] * (j - start + 1)) + start + 1
+            block_batches.append(slots[start:end])
+            start = end
         order = seeded_rng(config.seed, epoch, rank, "batches", number).permutation(len(block_batches))
         batches.extend(block_batches[i] for i in order)
     return batches

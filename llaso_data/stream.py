@@ -5,14 +5,24 @@ Shapes in a batch (``B`` samples, ``C`` audio chunks over the batch, ``N`` longe
 samples, ``T`` longest token sequence):
 
 * ``keys``: list[str] (B); ``tasks``: list[str] (B); ``samples``: list[Sample] (B)
-* ``chunks``: float32 (C, N) 16 kHz mono, zero-padded; ``chunk_lengths``: int64 (C,);
-  ``chunk_sample``: int64 (C,) sample of each chunk; ``chunk_tokens``: int64 (C,) audio
-  tokens each chunk becomes
+* ``chunks``: (C, N) 16 kHz mono waveforms, zero-padded: int16 PCM when every clip of the
+  batch is 16-bit PCM at 16 kHz mono (their samples as stored), else float32 in [-1, 1];
+  :func:`float_chunks` gives float32 either way, exactly (``x / 32768`` for int16, what
+  soundfile's float32 decode gives); the trainer calls it on the training device, so
+  int16 batches cross processes and the host-to-device copy at half the bytes;
+  ``chunk_lengths``: int64 (C,); ``chunk_sample``: int64 (C,) sample of each chunk;
+  ``chunk_tokens``: int64 (C,) audio tokens each chunk becomes
 * with a renderer: ``input_ids`` int64 (B, T) padded with ``pad_id``; ``labels`` int64
   (B, T) padded with -100; ``attention_mask`` int64 (B, T); ``chunk_start``: int64 (C,)
   position in its sample's ``input_ids`` where the chunk's tokens begin
 * ``skipped``: samples left out of this batch (corrupt with ``on_corrupt="skip"``, or too
   long to render), by reason
+
+:class:`StreamLoader` yields these as torch tensors. A worker (:func:`collate`) writes
+``chunks`` straight into a shared-memory tensor, which reaches the trainer's process as one
+file descriptor, and builds the small arrays with numpy: they travel pickled in the
+DataLoader's queue and become tensors there without a copy (:func:`to_torch`), where a
+tensor each would cost a shared-memory file and a file-descriptor handshake.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from .chat import IGNORE_INDEX
 from .plan import PlanConfig, RankPlan, ShardTable, plan_rank
 from .records import Sample
 from .tar_access import CorruptShardError, ShardReader
-from .waveform import WaveformConfig, chunk_waveform, decode_clip
+from .waveform import PCM16_SCALE, WaveformConfig, chunk_waveform, decode_clip, to_float32
 
 
 @dataclass(frozen=True)
@@ -110,9 +120,11 @@ class ShardStream(IterableDataset):
 
 def collate(samples: list[Sample], waveforms: list[list[list[np.ndarray]]], waveform: WaveformConfig,
             render: Renderer | None, pad_id: int, skipped: dict[str, int]) -> dict:
-    """Build a batch dict (see the module docstring) from decoded samples.
+    """Build a batch dict (see the module docstring) from decoded samples: ``chunks`` a
+    tensor, the other arrays numpy (:func:`to_torch` makes them tensors).
 
-    ``waveforms[b][clip]`` is the list of 30 s windows of clip ``clip`` of sample ``b``.
+    ``waveforms[b][clip]`` is the list of 30 s windows (int16 or float32, see
+    :mod:`llaso_data.waveform`) of clip ``clip`` of sample ``b``.
     """
     rendered = []
     if render is not None:
@@ -139,37 +151,64 @@ def collate(samples: list[Sample], waveforms: list[list[list[np.ndarray]]], wave
                 tokens.append(count)
                 starts.append(position)
                 position += count
-    longest = max(lengths, default=0)
-    audio = torch.zeros((len(chunks), longest), dtype=torch.float32)
-    for i, window in enumerate(chunks):
-        audio[i, :len(window)] = torch.from_numpy(window)
     batch = {
         "keys": [s.key for s in samples], "tasks": [s.task for s in samples], "samples": samples,
-        "chunks": audio, "chunk_lengths": torch.tensor(lengths, dtype=torch.int64),
-        "chunk_sample": torch.tensor(owners, dtype=torch.int64),
-        "chunk_tokens": torch.tensor(tokens, dtype=torch.int64), "skipped": skipped,
+        "chunks": _pad_chunks(chunks, max(lengths, default=0)),
+        "chunk_lengths": np.array(lengths, dtype=np.int64), "chunk_sample": np.array(owners, dtype=np.int64),
+        "chunk_tokens": np.array(tokens, dtype=np.int64), "skipped": skipped,
     }
     if render is not None:
         batch.update(_pad_tokens(rendered, pad_id))
-        batch["chunk_start"] = torch.tensor(starts, dtype=torch.int64)
+        batch["chunk_start"] = np.array(starts, dtype=np.int64)
     return batch
+
+
+def _pad_chunks(chunks: list[np.ndarray], longest: int) -> torch.Tensor:
+    """(C, longest) zero-padded: int16 if every chunk is int16, else float32 (int16 chunks
+    converted exactly). In a DataLoader worker the tensor lives in shared memory from the
+    start (as torch's default_collate does), so it is filled once and reaches the trainer's
+    process as one file descriptor, not copied through the queue."""
+    pcm = all(chunk.dtype == np.int16 for chunk in chunks)
+    audio = torch.empty((len(chunks), longest), dtype=torch.int16 if pcm else torch.float32)
+    if get_worker_info() is not None:
+        audio.share_memory_()
+    rows = audio.numpy()
+    for row, chunk in enumerate(chunks):
+        rows[row, :len(chunk)] = chunk if pcm else to_float32(chunk)
+        rows[row, len(chunk):] = 0
+    return audio
 
 
 def _clip_start(rendered, clip: int) -> int:
     return next(start for start, _, index in rendered.audio_spans if index == clip)
 
 
-def _pad_tokens(rendered: list, pad_id: int) -> dict[str, torch.Tensor]:
+def _pad_tokens(rendered: list, pad_id: int) -> dict[str, np.ndarray]:
     longest = max((len(r.input_ids) for r in rendered), default=0)
-    ids = torch.full((len(rendered), longest), pad_id, dtype=torch.int64)
-    labels = torch.full((len(rendered), longest), IGNORE_INDEX, dtype=torch.int64)
-    mask = torch.zeros((len(rendered), longest), dtype=torch.int64)
+    ids = np.full((len(rendered), longest), pad_id, dtype=np.int64)
+    labels = np.full((len(rendered), longest), IGNORE_INDEX, dtype=np.int64)
+    mask = np.zeros((len(rendered), longest), dtype=np.int64)
     for row, item in enumerate(rendered):
         n = len(item.input_ids)
-        ids[row, :n] = torch.tensor(item.input_ids)
-        labels[row, :n] = torch.tensor(item.labels)
+        ids[row, :n] = item.input_ids
+        labels[row, :n] = item.labels
         mask[row, :n] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def to_torch(batch: dict) -> dict:
+    """The batch with its numpy arrays as torch tensors sharing their memory (no copy)."""
+    return {name: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+            for name, value in batch.items()}
+
+
+def float_chunks(chunks: torch.Tensor) -> torch.Tensor:
+    """A batch's ``chunks`` (int16 PCM or float32, on any device) as float32 in [-1, 1]:
+    int16 becomes ``x / 32768`` exactly (every int16 is a float32, and the scale is a power
+    of 2), the float32 soundfile would have decoded."""
+    if chunks.dtype == torch.int16:
+        return chunks.to(torch.float32) * PCM16_SCALE
+    return chunks.to(torch.float32)
 
 
 @dataclass
@@ -201,7 +240,7 @@ class StreamLoader:
             self.batches_done += 1
             for reason, count in batch["skipped"].items():
                 self.skipped[reason] = self.skipped.get(reason, 0) + count
-            yield batch
+            yield to_torch(batch)
 
     def state_dict(self) -> dict:
         return {"epoch": self.dataset.epoch, "batches_done": self.batches_done,

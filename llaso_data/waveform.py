@@ -1,6 +1,14 @@
-"""Decode clip bytes to what the trainer's GPU feature extractor wants: float32 mono
-16 kHz waveforms, cut into 30 s windows (at most ``max_chunks`` per clip, as LLaSO does).
-No log-mel here: that runs on the training device."""
+"""Decode clip bytes to what the trainer's GPU feature extractor wants: mono 16 kHz
+waveforms, cut into 30 s windows (at most ``max_chunks`` per clip, as LLaSO does).
+No log-mel here: that runs on the training device.
+
+A waveform is either **int16 PCM** (a clip stored as 16-bit PCM, 16 kHz, mono: WAV or FLAC,
+including every ``flac16k`` clip; its samples as stored, half the bytes of float32 and no
+conversion in the worker) or **float32** in [-1, 1] (anything else: resampled, downmixed,
+float, 24-bit or compressed sources). :func:`to_float32` maps int16 to float32 exactly as
+soundfile's float32 decode does (``x / 32768``, exact in float32), so the two forms carry the
+same waveform.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ import soundfile
 import soxr
 
 SAMPLE_RATE = 16_000
+PCM16_SCALE = 1.0 / 32768  # int16 -> float32 in [-1, 1): libsndfile's normalisation, a power of 2
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,13 @@ class WaveformConfig:
 
 
 def decode_clip(data: bytes) -> np.ndarray:
-    """Clip bytes (wav/flac/mp3/...) -> (n,) float32 mono at 16 kHz."""
+    """Clip bytes (wav/flac/mp3/...) -> (n,) mono 16 kHz waveform: int16 for a 16-bit PCM,
+    16 kHz, mono clip (its samples, no conversion), else float32."""
+    with soundfile.SoundFile(io.BytesIO(data)) as clip:
+        if (clip.samplerate, clip.channels, clip.subtype) == (SAMPLE_RATE, 1, "PCM_16"):
+            return clip.read(dtype="int16")
+    # soundfile.read, not clip.read: it seeks to the start first, which changes an mp3
+    # decode in the last bit; this keeps the float32 path what soundfile.read gives.
     audio, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     if rate != SAMPLE_RATE:
@@ -45,8 +60,16 @@ def decode_clip(data: bytes) -> np.ndarray:
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
+def to_float32(waveform: np.ndarray) -> np.ndarray:
+    """An int16 PCM or float32 waveform (any shape) as float32 in [-1, 1]; exact."""
+    if waveform.dtype == np.int16:
+        return waveform.astype(np.float32) * np.float32(PCM16_SCALE)
+    return waveform.astype(np.float32, copy=False)
+
+
 def chunk_waveform(waveform: np.ndarray, config: WaveformConfig) -> list[np.ndarray]:
-    """(n,) -> list of (<= chunk_samples,) windows, at most ``max_chunks`` (the rest is cut)."""
+    """(n,) -> list of (<= chunk_samples,) windows (views), at most ``max_chunks`` (the rest
+    is cut)."""
     size = config.chunk_samples
     count = min(max(1, math.ceil(len(waveform) / size)), config.max_chunks)
     return [waveform[i * size:(i + 1) * size] for i in range(count)]

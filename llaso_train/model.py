@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder, WhisperModel
 
 from llaso_data.chat import ChatFormat, special_token_ids
+from llaso_data.stream import float_chunks
 from llaso_data.waveform import WaveformConfig
 
 from .config import ModelConfig
@@ -62,18 +63,20 @@ class SpeechLM(nn.Module):
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """LM input embeddings with every audio span filled by its projected encoder frames.
 
-        ``input_ids``: (B, T); ``chunks``: (C, S) 16 kHz waveforms with ``chunk_lengths``
-        (C,); chunk ``i`` fills ``chunk_tokens[i]`` placeholders of sample ``chunk_sample[i]``
-        from position ``chunk_start[i]``. Returns ``(embeds (B, T, H), audio_term)`` where
-        ``audio_term`` is a zero scalar tied to the encoder and projector when the batch has
-        no audio (add it to the loss so every rank's backward reaches the same parameters).
+        ``input_ids``: (B, T); ``chunks``: (C, S) 16 kHz waveforms, int16 PCM or float32
+        (converted to float32 here, on the model's device, by
+        :func:`llaso_data.stream.float_chunks`), with ``chunk_lengths`` (C,); chunk ``i``
+        fills ``chunk_tokens[i]`` placeholders of sample ``chunk_sample[i]`` from position
+        ``chunk_start[i]``. Returns ``(embeds (B, T, H), audio_term)`` where ``audio_term``
+        is a zero scalar tied to the encoder and projector when the batch has no audio (add
+        it to the loss so every rank's backward reaches the same parameters).
         """
         dummy = chunks.shape[0] == 0
         if dummy:
             chunks = torch.zeros((1, 16000), device=input_ids.device)
             chunk_lengths = torch.full((1,), 16000, device=input_ids.device)
         encoder_dtype = next(self.encoder.parameters()).dtype
-        features = self.mel(chunks.float(), chunk_lengths).to(encoder_dtype)
+        features = self.mel(float_chunks(chunks), chunk_lengths).to(encoder_dtype)
         frames = self.encoder(features).last_hidden_state           # (C, 1500, D)
         projected = self.projector(frames)                          # (C, F, H)
         embeds = self.lm.get_input_embeddings()(input_ids)          # (B, T, H)

@@ -13,7 +13,7 @@ import torch
 from llaso_data.chat import render, tiny_tokenizer
 from llaso_data.corpus import iter_corpus
 from llaso_data.records import Sample, Turn
-from llaso_data.stream import collate
+from llaso_data.stream import collate, to_torch
 from llaso_data.waveform import WaveformConfig
 from llaso_eval.generate import left_align, llaso_record, merge_parts
 
@@ -32,7 +32,7 @@ def test_left_align_moves_each_audio_span_with_its_tokens():
     windows = [[[torch.ones(3200).numpy()]], [[torch.ones(1600).numpy()], [torch.ones(4800).numpy()]]]
     waveform = WaveformConfig(stack=1)
     prompt = lambda s, tokens: render(s, tok, tokens, prompt_only=True)  # noqa: E731
-    batch = collate(samples, windows, waveform, prompt, PAD, {})
+    batch = to_torch(collate(samples, windows, waveform, prompt, PAD, {}))
     ids, mask, starts = left_align(batch["input_ids"], batch["attention_mask"], batch["chunk_sample"],
                                    batch["chunk_start"], PAD)
     lengths = batch["attention_mask"].sum(dim=1)

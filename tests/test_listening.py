@@ -25,9 +25,9 @@ import torch
 from llaso_data.chat import IGNORE_INDEX, ChatFormat, renderer, special_token_ids
 from llaso_data.plan import Batching, PlanConfig, Selection, plan_rank
 from llaso_data.records import Sample
+from llaso_data.stream import collate, to_torch
 from llaso_data.synth import write_corpus
 from llaso_data.tasks import parse_file_name
-from llaso_data.stream import collate
 from llaso_data.tar_access import ShardReader
 from llaso_data.waveform import SAMPLE_RATE, WaveformConfig, chunk_waveform, decode_clip
 from llaso_train.model import SpeechLM, load_exported
@@ -122,7 +122,7 @@ def with_answer(sample: Sample, answer: str) -> Sample:
 def answer_nll(model: SpeechLM, render, waveform: WaveformConfig, pad_id: int,
                sample: Sample, clips: list[list[np.ndarray]]) -> float:
     """Summed negative log-likelihood of ``sample``'s supervised tokens (answer + end of turn)."""
-    batch = collate([sample], [clips], waveform, render, pad_id, {})
+    batch = to_torch(collate([sample], [clips], waveform, render, pad_id, {}))
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "chunks", "chunk_lengths",
                                     "chunk_sample", "chunk_start", "chunk_tokens")}
     supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # the LM shifts labels by one

@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import soundfile
+import soxr
 import torch
 
 from llaso_data.plan import Batching, Mixing, PlanConfig, Selection, padding_ratio, plan_rank, task_quotas
-from llaso_data.stream import ShardStream, StreamConfig, StreamLoader
+from llaso_data.stream import ShardStream, StreamConfig, StreamLoader, float_chunks
 from llaso_data.synth import write_corpus
 from llaso_data.tar_access import CorruptShardError
 
@@ -163,8 +165,55 @@ def test_batches_carry_16khz_windows_of_at_most_30_s(shards):
             sample = batch["samples"][sample_number]
             assert 0 < length <= 30 * 16000
             longest = max(longest, sum(sample.durations))
-        assert batch["chunks"].dtype.is_floating_point and batch["chunks"].shape[0] == len(batch["chunk_lengths"])
+        assert batch["chunks"].dtype in (torch.int16, torch.float32)
+        assert batch["chunks"].shape[0] == len(batch["chunk_lengths"])
     assert longest > 30  # the synthetic corpus has clips over 30 s, which were windowed
+
+
+def _clip_bytes(shards: Path) -> dict[tuple[str, int], bytes]:
+    """Every clip member of every shard, read with tarfile: (sample key, clip index) -> bytes."""
+    clips = {}
+    for path in shards.rglob("*.tar"):
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                key, kind = member.name.split(".")[:2]
+                if kind.startswith("audio"):
+                    clips[key, int(kind[len("audio"):])] = tar.extractfile(member).read()
+    return clips
+
+
+def _float_decode(data: bytes) -> np.ndarray:
+    """soundfile's float32 decode, channel mean, soxr HQ to 16 kHz: the float32 waveform."""
+    audio, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
+    return soxr.resample(mono, rate, 16000, quality="HQ") if rate != 16000 else mono
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_chunks_are_each_clip_exactly_as_soundfile_decodes_it(shards, workers):
+    """16-bit 16 kHz mono clips travel as int16, the rest as float32; either way float_chunks
+    gives the float32 waveform bit for bit, cut into 30 s windows, zero-padded."""
+    clips = _clip_bytes(shards)
+    config = StreamConfig(shards, PlanConfig(selection=Selection(None), batching=Batching(batch_size=1)))
+    dtypes = Counter()
+    for batch in StreamLoader(ShardStream(config), num_workers=workers):
+        (sample,) = batch["samples"]
+        chunks, lengths = batch["chunks"], batch["chunk_lengths"].tolist()
+        dtypes[chunks.dtype] += 1
+        waveforms = float_chunks(chunks).numpy()
+        expected = []
+        for clip in range(len(sample.audio)):
+            data = clips[sample.key, clip]
+            with soundfile.SoundFile(io.BytesIO(data)) as info:
+                pcm16 = (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+            assert chunks.dtype == torch.float32 or pcm16
+            wave = _float_decode(data)
+            expected += [wave[i:i + 30 * 16000] for i in range(0, len(wave), 30 * 16000)][:20]
+        assert lengths == [len(w) for w in expected]
+        for row, window in enumerate(expected):
+            assert np.array_equal(waveforms[row, :len(window)], window)
+            assert not waveforms[row, len(window):].any()
+    assert dtypes[torch.int16] > 0 and dtypes[torch.float32] > 0
 
 
 def _plant(shards: Path, tmp_path: Path, mutate) -> tuple[Path, str]:
@@ -249,3 +298,22 @@ def test_rendered_batches_place_every_audio_chunk_on_its_placeholders(shards):
             assert tokenizer.decode(supervised) == sample.label + "<|eot_id|>" or sample.task == "CONV"
         batches += 1
     assert batches == len(stream)
+
+
+def test_plans_read_each_shard_from_its_manifest_row_range_and_refuse_a_reordered_index(shards, tmp_path):
+    """The index is read by the row ranges the manifest implies (rows grouped by shard in
+    manifest order); an index whose rows are elsewhere is refused, naming the shard."""
+    config = PlanConfig(selection=Selection(("train",)), batching=Batching(batch_size=2))
+    index = pq.read_table(shards / "index.parquet").to_pylist()
+    by_position = {(r["shard"], r["offset"]): r for r in index}
+    plan = plan_rank(shards, config, 0, 1, 0)
+    for slot in range(len(plan.offset)):
+        row = by_position[plan.shard_names[plan.shard[slot]], int(plan.offset[slot])]
+        assert row["split"] == "train" and row["text_chars"] == plan.chars[slot]
+        assert np.float32(row["audio_seconds"]) == plan.seconds[slot]
+    copy = tmp_path / "reordered"
+    shutil.copytree(shards, copy)
+    table = pq.read_table(copy / "index.parquet")
+    pq.write_table(table.take(np.arange(table.num_rows)[::-1]), copy / "index.parquet")
+    with pytest.raises(ValueError, match=r"index\.parquet: row \d+ is not a sample of train/.*manifest order"):
+        plan_rank(copy, config, 0, 1, 0)
