@@ -187,6 +187,31 @@ def test_broken_jsonl_line_is_rejected_and_reading_goes_on(tmp_path):
     assert items[3].label == "Yes\nno." and items[3].provenance["id"] == "joined"
 
 
+def test_records_across_read_chunks_keep_exact_byte_offsets(tmp_path):
+    """A 3.5 MB array (read in 1 MB chunks): multi-byte text, escaped surrogate pairs, bad
+    bytes and lone surrogate escapes land on every side of the chunk ends."""
+    texts = ["Yes.", "caf\u00e9", "\u4e2d\u6587", "a\u0085b", "x\u2028y", "\U0001F600"]
+    pieces, expected, offset = [], [], 1
+    for i in range(20_000):
+        record = _bad(id=i, text=texts[i % len(texts)])
+        piece = json.dumps(record, ensure_ascii=i % 3 == 0, indent=2 if i % 2 else None).encode()
+        reason = None
+        if i % 997 == 5:
+            piece, reason = piece.replace(b'"Yes."', b'"Y\x92s."'), "undecodable_text"
+        elif i % 997 == 9:
+            piece, reason = piece.replace(b'"Yes."', b'"Y\\udc80s."'), "undecodable_text"
+        pieces.append(piece)
+        expected.append((i, offset, reason))
+        offset += len(piece) + 2
+    path = _write(tmp_path / "text_audio" / "x_ER_train.json", b"[" + b",\n".join(pieces) + b"]")
+    assert path.stat().st_size > 3 * 2**20
+    raws = list(iter_raw_records(path))
+    assert [(r.ordinal, r.byte_offset, r.error and r.error[0]) for r in raws] == expected
+    for raw, piece, (_, _, reason) in zip(raws, pieces, expected):
+        if reason is None:
+            assert raw.value == json.loads(piece) and raw.raw.encode() == piece
+
+
 def test_huge_array_is_streamed_in_constant_memory(tmp_path):
     """A 60 MB array read in a child process stays far below its size in peak RSS."""
     path = tmp_path / "text_audio" / "ASR_stage1_train.json"
