@@ -2,11 +2,21 @@
 
 Two modes:
 
-* ``passthrough`` keeps the original bytes. The clip is checked by decoding its header,
-  its first and its last block (a truncated or corrupt file fails one of the three), so the
-  check costs a few ms whatever the clip length.
+* ``passthrough`` keeps the original bytes once they are known to decode:
+
+  - an uncompressed RIFF/WAVE clip (PCM, float, mu-law or A-law samples) is checked in
+    full without decoding it: libsndfile parses its header, and the data chunk that the
+    header declares must be present in the file. Every frame of such data decodes, so
+    this is as strict as decoding the whole clip (and costs ~0.06 ms whatever its length);
+  - any other clip (FLAC, MP3, Ogg, compressed WAV, or a WAV with no declared data size)
+    has its header parsed and its first and last blocks decoded: a truncated file or a
+    corrupt header fails. Corruption between the two blocks is not detected; finding it
+    means decoding every frame, which costs as much as ``flac16k`` (~1/3,000 s per
+    second of 16 kHz FLAC).
+
 * ``flac16k`` decodes the whole clip, downmixes to mono, resamples to 16 kHz with soxr
-  (``HQ``) and writes 16-bit FLAC.
+  (``HQ``, on float32) and writes 16-bit FLAC. 16-bit sources are decoded to int16 (exact,
+  and cheaper than float32 for FLAC); a 16 kHz mono 16-bit clip is re-encoded as it is.
 
 Failures raise :class:`AudioError` with a rejection reason: ``audio_missing``,
 ``audio_undecodable`` or ``audio_empty``.
@@ -25,6 +35,12 @@ import soxr
 AUDIO_MODES = ("passthrough", "flac16k")
 TARGET_RATE = 16_000
 _CHECK_FRAMES = 4096
+# Subtypes whose every byte pattern is a valid sample: for these a complete data chunk
+# is a complete check.
+_UNCOMPRESSED = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE",
+                           "ULAW", "ALAW"})
+_INT16_SCALE = np.float32(1 / 32768)  # libsndfile's int16 -> float normalisation
+_FLOAT_TO_INT16 = np.float32(32768)  # and its float -> 16-bit FLAC one
 
 
 class AudioError(ValueError):
@@ -46,17 +62,48 @@ class EncodedClip:
 
 def encode_clip(path: Path, mode: str) -> EncodedClip:
     """Read the clip at ``path`` and return what a shard stores for it in ``mode``."""
+    data = read_clip(path)
+    if mode == "passthrough":
+        return EncodedClip(data, path.suffix.lstrip(".").lower(), check_decodes(data, path))
+    if mode == "flac16k":
+        return _to_flac16k(data, path)
+    raise ValueError(f"unknown audio mode {mode!r}; choose one of {AUDIO_MODES}")
+
+
+def read_clip(path: Path) -> bytes:
+    """The bytes of the clip at ``path``; :class:`AudioError` ``audio_missing`` if absent."""
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise AudioError("audio_missing", str(path), "file not found") from None
     except IsADirectoryError:
         raise AudioError("audio_missing", str(path), "is a directory, not a file") from None
-    if mode == "passthrough":
-        return EncodedClip(data, path.suffix.lstrip(".").lower(), _check_decodes(data, path))
-    if mode == "flac16k":
-        return _to_flac16k(data, path)
-    raise ValueError(f"unknown audio mode {mode!r}; choose one of {AUDIO_MODES}")
+
+
+def check_decodes(data: bytes, path: Path) -> float:
+    """Check that the clip ``data`` (read from ``path``) decodes, as the module docstring
+    describes for ``passthrough``; return its duration in seconds."""
+    complete_wav = _declared_wav_end(data) is not None  # _open rejects one that is cut short
+    with _open(data, path) as clip:
+        frames, rate = clip.frames, clip.samplerate
+        if complete_wav and clip.subtype in _UNCOMPRESSED:
+            if frames <= 0:
+                raise AudioError("audio_empty", str(path), "no audio frames")
+            return frames / rate
+        try:
+            head = clip.read(_CHECK_FRAMES, dtype="float32")
+            if frames > _CHECK_FRAMES and clip.seekable():
+                clip.seek(max(frames - _CHECK_FRAMES, 0))
+                tail = clip.read(_CHECK_FRAMES, dtype="float32")
+            else:
+                tail = head
+        except (soundfile.LibsndfileError, RuntimeError) as error:
+            raise AudioError("audio_undecodable", str(path), f"cannot decode: {_describe(error)}") from None
+    if frames <= 0 or len(head) == 0:
+        raise AudioError("audio_empty", str(path), "no audio frames")
+    if len(tail) == 0:
+        raise AudioError("audio_undecodable", str(path), f"header says {frames} frames but the end cannot be read")
+    return frames / rate
 
 
 def _describe(error: Exception) -> str:
@@ -94,56 +141,58 @@ def _declared_wav_end(data: bytes) -> int | None:
     return None
 
 
-def _check_decodes(data: bytes, path: Path) -> float:
-    """Decode the first and last block; return the duration in seconds."""
-    with _open(data, path) as clip:
-        frames, rate = clip.frames, clip.samplerate
-        try:
-            head = clip.read(_CHECK_FRAMES, dtype="float32")
-            if frames > _CHECK_FRAMES and clip.seekable():
-                clip.seek(max(frames - _CHECK_FRAMES, 0))
-                tail = clip.read(_CHECK_FRAMES, dtype="float32")
-            else:
-                tail = head
-        except (soundfile.LibsndfileError, RuntimeError) as error:
-            raise AudioError("audio_undecodable", str(path), f"cannot decode: {_describe(error)}") from None
-    if frames <= 0 or len(head) == 0:
-        raise AudioError("audio_empty", str(path), "no audio frames")
-    if len(tail) == 0:
-        raise AudioError("audio_undecodable", str(path), f"header says {frames} frames but the end cannot be read")
-    return frames / rate
+def _mono_float32(samples: np.ndarray) -> np.ndarray:
+    """``(frames, channels)`` int16 or float32 samples -> ``(frames,)`` float32 in [-1, 1),
+    the mean over channels. int16 input gives exactly what libsndfile's float32 decode
+    of the same clip gives (``x / 32768``, summed, divided by the channel count).
 
-
-def _downmix(samples: np.ndarray) -> np.ndarray:
-    """Mean over channels, column by column: ``samples.mean(axis=1)`` reduces along the
-    short inner axis and costs ~10x more (8 ms for 8 s of 44.1 kHz stereo)."""
-    mono = samples[:, 0].copy()
-    for channel in range(1, samples.shape[1]):
-        mono += samples[:, channel]
-    mono /= np.float32(samples.shape[1])
+    Summed column by column: ``samples.mean(axis=1)`` reduces along the short inner axis
+    and costs ~10x more (8 ms for 8 s of 44.1 kHz stereo)."""
+    channels = samples.shape[1]
+    if samples.dtype == np.int16:
+        total = samples[:, 0].astype(np.int32)
+        for channel in range(1, channels):
+            total += samples[:, channel]
+        mono = total.astype(np.float32)
+        mono *= _INT16_SCALE
+    else:
+        mono = samples[:, 0].copy()
+        for channel in range(1, channels):
+            mono += samples[:, channel]
+    if channels > 1:
+        mono /= np.float32(channels)
     return mono
+
+
+def _to_int16(mono: np.ndarray) -> np.ndarray:
+    """float32 -> int16 exactly as libsndfile converts float32 when writing 16-bit FLAC
+    (times 32768, rounded half to even, clipped to the int16 range), which is a fifth
+    cheaper than letting libsndfile convert inside the encoder."""
+    scaled = mono * _FLOAT_TO_INT16
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, -32768, 32767, out=scaled)
+    return scaled.astype(np.int16)
 
 
 def _to_flac16k(data: bytes, path: Path) -> EncodedClip:
     with _open(data, path) as clip:
         rate, channels = clip.samplerate, clip.channels
-        # 16-bit 16 kHz mono needs no downmix, resampling or requantising: decode straight
-        # to int16 and encode that (same bytes as the float32 round trip, ~1.5x faster).
-        # Only for PCM_16 sources: libsndfile converts float/24-bit to int16 unclipped.
-        direct = rate == TARGET_RATE and channels == 1 and clip.subtype == "PCM_16"
+        # Only PCM_16 sources decode to int16: libsndfile converts float/24-bit to int16
+        # unclipped. MP3 decodes to float internally, so float32 is its cheaper read.
+        integer = clip.subtype == "PCM_16"
         try:
-            samples = clip.read(dtype="int16" if direct else "float32", always_2d=True)
+            samples = clip.read(dtype="int16" if integer else "float32", always_2d=True)
         except (soundfile.LibsndfileError, RuntimeError) as error:
             raise AudioError("audio_undecodable", str(path), f"cannot decode: {_describe(error)}") from None
     if samples.shape[0] == 0:
         raise AudioError("audio_empty", str(path), "no audio frames")
-    if direct:
+    if integer and channels == 1 and rate == TARGET_RATE:
         pcm = samples[:, 0]
     else:
-        mono = samples[:, 0] if channels == 1 else _downmix(samples)
+        mono = _mono_float32(samples)
         if rate != TARGET_RATE:
             mono = soxr.resample(mono, rate, TARGET_RATE, quality="HQ")
-        pcm = np.clip(mono, -1.0, 1.0)
+        pcm = _to_int16(mono)
     buffer = io.BytesIO()
     soundfile.write(buffer, pcm, TARGET_RATE, format="FLAC", subtype="PCM_16")
     return EncodedClip(buffer.getvalue(), "flac", len(pcm) / TARGET_RATE)
