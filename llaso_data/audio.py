@@ -4,19 +4,21 @@ Two modes:
 
 * ``passthrough`` keeps the original bytes once they are known to decode:
 
-  - an uncompressed RIFF/WAVE clip (PCM, float, mu-law or A-law samples) is checked in
-    full without decoding it: libsndfile parses its header, and the data chunk that the
-    header declares must be present in the file. Every frame of such data decodes, so
-    this is as strict as decoding the whole clip (and costs ~0.06 ms whatever its length);
-  - any other clip (FLAC, MP3, Ogg, compressed WAV, or a WAV with no declared data size)
-    has its header parsed and its first and last blocks decoded: a truncated file or a
-    corrupt header fails. Corruption between the two blocks is not detected; finding it
-    means decoding every frame, which costs as much as ``flac16k`` (~1/3,000 s per
-    second of 16 kHz FLAC).
+  - a PCM WAV (format tag 1, 8 to 32 bits, 1 to 1,024 channels) is checked in full from
+    its header: Python's ``wave`` module parses it, and the data chunk that the header
+    declares must be present in the file. Every byte pattern of PCM data is a valid
+    sample, so this is as strict as decoding the whole clip, at ~0.01 ms whatever its
+    length (libsndfile's own parse costs ~0.06 ms through ``soundfile``);
+  - any other clip (FLAC, MP3, Ogg, float or compressed WAV, a WAV with no declared data
+    size) is opened by libsndfile, which parses its header, and its first and last
+    blocks are decoded: a truncated file or a corrupt header fails. Corruption between
+    the two blocks of a compressed stream is not detected: finding it means decoding
+    every frame, which costs as much as ``flac16k`` (~1/3,000 s per second of 16 kHz FLAC).
 
 * ``flac16k`` decodes the whole clip, downmixes to mono, resamples to 16 kHz with soxr
   (``HQ``, on float32) and writes 16-bit FLAC. 16-bit sources are decoded to int16 (exact,
-  and cheaper than float32 for FLAC); a 16 kHz mono 16-bit clip is re-encoded as it is.
+  and cheaper than float32 for FLAC; a 16-bit PCM WAV's samples are read straight from its
+  data chunk); a 16 kHz mono 16-bit clip is re-encoded as it is.
 
 Failures raise :class:`AudioError` with a rejection reason: ``audio_missing``,
 ``audio_undecodable`` or ``audio_empty``.
@@ -25,6 +27,7 @@ Failures raise :class:`AudioError` with a rejection reason: ``audio_missing``,
 from __future__ import annotations
 
 import io
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +38,7 @@ import soxr
 AUDIO_MODES = ("passthrough", "flac16k")
 TARGET_RATE = 16_000
 _CHECK_FRAMES = 4096
-# Subtypes whose every byte pattern is a valid sample: for these a complete data chunk
-# is a complete check.
-_UNCOMPRESSED = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE",
-                           "ULAW", "ALAW"})
+_MAX_CHANNELS = 1024  # libsndfile refuses more
 _INT16_SCALE = np.float32(1 / 32768)  # libsndfile's int16 -> float normalisation
 _FLOAT_TO_INT16 = np.float32(32768)  # and its float -> 16-bit FLAC one
 
@@ -83,13 +83,11 @@ def read_clip(path: Path) -> bytes:
 def check_decodes(data: bytes, path: Path) -> float:
     """Check that the clip ``data`` (read from ``path``) decodes, as the module docstring
     describes for ``passthrough``; return its duration in seconds."""
-    complete_wav = _declared_wav_end(data) is not None  # _open rejects one that is cut short
+    wav = _pcm_wav(data, path)
+    if wav is not None:
+        return wav.frames / wav.rate
     with _open(data, path) as clip:
         frames, rate = clip.frames, clip.samplerate
-        if complete_wav and clip.subtype in _UNCOMPRESSED:
-            if frames <= 0:
-                raise AudioError("audio_empty", str(path), "no audio frames")
-            return frames / rate
         try:
             head = clip.read(_CHECK_FRAMES, dtype="float32")
             if frames > _CHECK_FRAMES and clip.seekable():
@@ -112,31 +110,66 @@ def _describe(error: Exception) -> str:
     return getattr(error, "error_string", None) or type(error).__name__
 
 
+@dataclass(frozen=True)
+class _PcmWav:
+    """Header fields of a complete PCM WAV; its samples start at byte ``start``."""
+
+    channels: int
+    rate: int
+    width: int  # bytes per sample
+    frames: int
+    start: int
+
+
+def _pcm_wav(data: bytes, path: Path) -> _PcmWav | None:
+    """The header of a complete PCM WAV with at least one frame, parsed by ``wave``;
+    None for any other clip (libsndfile then decides). Raises for a truncated WAV."""
+    chunk = _check_wav_length(data, path)
+    if chunk is None:
+        return None
+    try:
+        with wave.open(io.BytesIO(data)) as clip:
+            channels, rate, width, frames = (clip.getnchannels(), clip.getframerate(),
+                                             clip.getsampwidth(), clip.getnframes())
+    except (wave.Error, EOFError):
+        return None
+    if 1 <= channels <= _MAX_CHANNELS and rate >= 1 and 1 <= width <= 4 and frames >= 1:
+        return _PcmWav(channels, rate, width, frames, chunk[0])
+    return None
+
+
+def _check_wav_length(data: bytes, path: Path) -> tuple[int, int] | None:
+    """``(start, size)`` of a RIFF/WAVE clip's data chunk (None if not known); raises
+    ``audio_undecodable`` when the file is shorter. libsndfile clamps a WAV's frame count
+    to the bytes present, so a WAV cut short would otherwise decode cleanly to its end."""
+    chunk = _wav_data_chunk(data)
+    if chunk is not None and sum(chunk) > len(data):
+        raise AudioError("audio_undecodable", str(path),
+                         f"truncated: the header declares {sum(chunk)} bytes, the file has {len(data)}")
+    return chunk
+
+
 def _open(data: bytes, path: Path) -> soundfile.SoundFile:
     if not data:
         raise AudioError("audio_empty", str(path), "file is empty (0 bytes)")
-    # libsndfile clamps a WAV's frame count to the bytes present, so a WAV cut short
-    # decodes cleanly to its (new) end: compare the header's data size with the file.
-    end = _declared_wav_end(data)
-    if end is not None and end > len(data):
-        raise AudioError("audio_undecodable", str(path),
-                         f"truncated: the header declares {end} bytes, the file has {len(data)}")
+    _check_wav_length(data, path)
     try:
         return soundfile.SoundFile(io.BytesIO(data))
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
         raise AudioError("audio_undecodable", str(path), f"cannot decode: {_describe(error)}") from None
 
 
-def _declared_wav_end(data: bytes) -> int | None:
-    """Where a RIFF/WAVE file's ``data`` chunk ends according to its header, or None (not
-    RIFF/WAVE, no data chunk header, or an unknown/streaming size of 0 or 0xFFFFFFFF)."""
+def _wav_data_chunk(data: bytes) -> tuple[int, int] | None:
+    """``(start, size)`` of a RIFF/WAVE file's first ``data`` chunk according to its
+    header, or None (not RIFF/WAVE, no data chunk header, or an unknown/streaming size of
+    0 or 0xFFFFFFFF)."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return None
     position = 12
     while position + 8 <= len(data):
         size = int.from_bytes(data[position + 4:position + 8], "little")
         if data[position:position + 4] == b"data":
-            return None if size in (0, 0xFFFFFFFF) else position + 8 + size
+            return None if size in (0, 0xFFFFFFFF) else (position + 8, size)
         position += 8 + size + (size & 1)
     return None
 
@@ -175,15 +208,12 @@ def _to_int16(mono: np.ndarray) -> np.ndarray:
 
 
 def _to_flac16k(data: bytes, path: Path) -> EncodedClip:
-    with _open(data, path) as clip:
-        rate, channels = clip.samplerate, clip.channels
-        # Only PCM_16 sources decode to int16: libsndfile converts float/24-bit to int16
-        # unclipped. MP3 decodes to float internally, so float32 is its cheaper read.
-        integer = clip.subtype == "PCM_16"
-        try:
-            samples = clip.read(dtype="int16" if integer else "float32", always_2d=True)
-        except (soundfile.LibsndfileError, RuntimeError) as error:
-            raise AudioError("audio_undecodable", str(path), f"cannot decode: {_describe(error)}") from None
+    wav = _pcm_wav(data, path)
+    if wav is not None and wav.width == 2:  # 16-bit PCM WAV: its samples are its bytes
+        rate, channels, integer = wav.rate, wav.channels, True
+        samples = np.frombuffer(data, "<i2", wav.frames * channels, wav.start).reshape(-1, channels)
+    else:
+        rate, channels, integer, samples = _decode(data, path)
     if samples.shape[0] == 0:
         raise AudioError("audio_empty", str(path), "no audio frames")
     if integer and channels == 1 and rate == TARGET_RATE:
@@ -196,3 +226,18 @@ def _to_flac16k(data: bytes, path: Path) -> EncodedClip:
     buffer = io.BytesIO()
     soundfile.write(buffer, pcm, TARGET_RATE, format="FLAC", subtype="PCM_16")
     return EncodedClip(buffer.getvalue(), "flac", len(pcm) / TARGET_RATE)
+
+
+def _decode(data: bytes, path: Path) -> tuple[int, int, bool, np.ndarray]:
+    """Decode a whole clip with libsndfile: ``(rate, channels, integer, samples)``, the
+    samples ``(frames, channels)`` int16 when ``integer`` else float32. Only PCM_16
+    sources decode to int16 (libsndfile converts float or 24-bit to int16 unclipped);
+    MP3 decodes to float internally, so float32 is its cheaper read."""
+    with _open(data, path) as clip:
+        rate, channels = clip.samplerate, clip.channels
+        integer = clip.subtype == "PCM_16"
+        try:
+            samples = clip.read(dtype="int16" if integer else "float32", always_2d=True)
+        except (soundfile.LibsndfileError, RuntimeError) as error:
+            raise AudioError("audio_undecodable", str(path), f"cannot decode: {_describe(error)}") from None
+    return rate, channels, integer, samples

@@ -11,7 +11,7 @@ The pipeline (the driver holds counts and shard names only, never the records):
 3. assign + shuffle: a seeded hash of the key picks the shard (a pure function of key,
    seed and count); one sort by shard, with boundaries computed from the counts rather
    than sampled, moves the sample metadata (never audio) so that each write task gets
-   whole shards: one shard per task up to 256 shards;
+   whole shards (one shard per task up to 256 shards);
 4. write: the task writing a shard reads its audio itself, writes the tar atomically and
    records its rows in ``OUT/.state/<shard>.json``;
 5. finish: manifest, index and rejects are assembled from the state files in sorted order,
@@ -46,9 +46,12 @@ from .validate import FileContext
 
 STATE_DIR = ".state"
 _ROW_BATCH = 4096
-# Write tasks: one per shard up to this many shards (or one per read block, if more),
-# so that a small conversion still spreads over every CPU.
-_MIN_PARTITIONS = 256
+# Write tasks: many small ones balance the CPUs best (a task start costs ~10 ms); past
+# 256 shards a task takes several, so that the shuffle's pieces (read blocks x write
+# tasks) stay few, but never over 20,000 samples of metadata.
+_MIN_WRITE_TASKS = 256
+_WRITE_TASKS_PER_CPU = 4
+_MAX_SAMPLES_PER_WRITE_TASK = 20_000
 
 
 @dataclass(frozen=True)
@@ -120,9 +123,15 @@ class ConversionError(RuntimeError):
     """The output folder cannot be used (it holds a conversion made with other options)."""
 
 
-def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | None = None) -> ConvertReport:
+def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | None = None,
+            write_tasks: int | None = None) -> ConvertReport:
     """Run the conversion on the current Ray cluster; returns its report (also written to
-    ``OUT/report.json``). Raises :class:`ConversionError` for an incompatible OUT."""
+    ``OUT/report.json``). Raises :class:`ConversionError` for an incompatible OUT.
+
+    ``write_tasks`` is how many write tasks the shards are cut into (default: one per
+    shard up to 256 shards; beyond that 256, or four per CPU of the cluster, or as many
+    as keep a task under 20,000 samples, whichever is most). It changes how work is
+    spread, never the output bytes."""
     import ray
     import ray.data
 
@@ -141,6 +150,11 @@ def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | N
     # Task-based sort shuffle: hash shuffle starts aggregator actors, ~10 s of fixed cost
     # on a small machine, for no gain at metadata sizes.
     context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    # Per-operator resource reservation starts the write tasks one at a time and leaves
+    # ~0.2 s between tasks on a CPU (measured on 2 CPUs). It guards streaming pipelines
+    # against a starved downstream operator; here every execution ends in a barrier
+    # (materialise, or the sort before the writes), so there is nothing to guard.
+    context.op_resource_reservation_enabled = False
 
     rows = ray.data.from_items([{"path": str(p)} for p in files], override_num_blocks=max(len(files), 1))
     rows = rows.map_batches(_read_files, fn_kwargs={"root": str(root)}, batch_size=1).materialize()
@@ -160,14 +174,16 @@ def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | N
     report.read = plan.samples + len(annotation_rejects)
     stages.end("count")
 
-    partitions = plan.partitions(max(rows.num_blocks(), _MIN_PARTITIONS))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    partitions = plan.partitions(write_tasks or max(_MIN_WRITE_TASKS, _WRITE_TASKS_PER_CPU * cpus,
+                                                    math.ceil(plan.samples / _MAX_SAMPLES_PER_WRITE_TASK)))
     written = (rows.map_batches(_assign_shards, fn_kwargs={"plan": plan, "seed": options.seed},
                                 batch_size=None, batch_format="pyarrow")
                .sort("shard_id", boundaries=partitions)
                .map_batches(_write_shards, fn_kwargs={"out": str(out), "audio_root": str(options.resolved_audio_root),
                                                       "audio_mode": options.audio_mode, "seed": options.seed},
                             batch_size=None, batch_format="pyarrow"))
-    shard_names = []
+    shard_names: list[str] = []
     samples_done = 0
     for batch in written.iter_batches(batch_size=None, batch_format="pyarrow"):
         for name, handled, reused in zip(batch["shard"].to_pylist(), batch["handled"].to_pylist(),
@@ -178,6 +194,8 @@ def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | N
         if on_progress:
             on_progress(Progress(len(shard_names), plan.shards, samples_done, plan.samples,
                                  time.perf_counter() - started))
+    if len(set(shard_names)) != len(shard_names):  # each shard is one task's: never split
+        raise RuntimeError("a shard was written by more than one task; its tar may be incomplete")
     stages.end("write")
     del rows  # the read rows are no longer needed: let Ray free (or unspill) them
     _finish(out, sorted(shard_names), annotation_rejects, report)
@@ -229,10 +247,11 @@ class ShardPlan:
         target = sum(expected) / max(min(wanted, len(expected)), 1)
         boundaries, filled = [], 0.0
         for slot, size in enumerate(expected):
-            if filled >= target * (len(boundaries) + 1) - size / 2 and slot:
+            # a new run starts at the first slot whose middle lies past the next multiple of target
+            if slot and filled + size / 2 >= target * (len(boundaries) + 1):
                 boundaries.append(slot)
             filled += size
-        return boundaries or [len(expected)]  # Ray samples boundaries itself when given none
+        return boundaries or [len(expected)]  # Ray samples boundaries of its own when given none
 
 
 class _StageClock:
@@ -365,25 +384,19 @@ def _assign_shards(block, plan: ShardPlan, seed: int):
 
 def _write_shards(block, out: str, audio_root: str, audio_mode: str, seed: int):
     """Ray UDF: the sample rows of whole shards, sorted by ``shard_id``, in; one row per
-    shard, written (or found done), out."""
+    shard, written (or found done), out as each shard is done."""
     import pyarrow as pa
 
     ids = block["shard_id"].to_numpy()
     starts = [0, *(np.flatnonzero(np.diff(ids)) + 1).tolist()]
-    ends = [*starts[1:], len(ids)]
-    names, handled, reused = [], [], []
-    for start, end in zip(starts, ends):
+    for start, end in zip(starts, [*starts[1:], len(ids)]):
         if start == end:
             continue
         shard = block.slice(start, end - start)
         name = shard["shard"][0].as_py()
-        names.append(name)
-        count, done_before = _write_shard(Path(out), name, shard["payload"].to_pylist(), Path(audio_root),
-                                          audio_mode, seed)
-        handled.append(count)
-        reused.append(done_before)
-    return pa.table({"shard": pa.array(names, pa.string()), "handled": pa.array(handled, pa.int64()),
-                     "reused": pa.array(reused, pa.bool_())})
+        handled, done_before = _write_shard(Path(out), name, shard["payload"].to_pylist(), Path(audio_root),
+                                            audio_mode, seed)
+        yield pa.table({"shard": [name], "handled": [handled], "reused": [done_before]})
 
 
 def _write_shard(out: Path, name: str, payloads: list[str], audio_root: Path, audio_mode: str,

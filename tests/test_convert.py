@@ -21,7 +21,7 @@ import pytest
 import soundfile
 import webdataset as wds
 
-from llaso_data.convert import ConversionError, ConvertOptions, convert
+from llaso_data.convert import ConversionError, ConvertOptions, ShardPlan, convert
 from llaso_data.corpus import iter_corpus
 from llaso_data.records import Sample
 from llaso_data.synth import write_corpus
@@ -122,6 +122,37 @@ def test_same_input_and_options_give_byte_identical_output(corpus, reference, tm
     finally:
         ray.shutdown()
     assert _output_bytes(tmp_path / "again") == _output_bytes(out)
+
+
+def test_shard_plan_numbers_slots_by_stratum_and_cuts_whole_shards():
+    plan = ShardPlan.from_counts({("test", "text_audio", "SER"): 1200, ("test", "text_audio", "ASR"): 2500,
+                                  ("train", "pure_audio", "AQA"): 1}, samples_per_shard=1000)
+    assert plan.strata[0] == ("test", "text_audio", "ASR") and plan.shards_per_stratum == (3, 2, 1)
+    assert plan.samples == 3701 and plan.shards == 6
+    assert plan.first_slots() == {("test", "text_audio", "ASR"): (0, 3), ("test", "text_audio", "SER"): (3, 2),
+                                  ("train", "pure_audio", "AQA"): (5, 1)}
+    assert plan.partitions(256) == [1, 2, 3, 4, 5]  # one write task per shard
+    runs = plan.partitions(2)  # two runs of about 1,850 expected samples each
+    assert runs == [2] or runs == [3]
+    assert ShardPlan.from_counts({}, 1000).partitions(8) == [0]
+
+
+def test_output_does_not_depend_on_how_shards_are_spread_over_write_tasks(corpus, reference, tmp_path):
+    root, _ = corpus
+    out, _ = reference
+    from llaso_data.ray_local import init_ray
+    import ray
+
+    init_ray(None, num_cpus=2)
+    try:
+        # The reference ran with the default (a few tasks, many shards each); here every
+        # shard gets its own task.
+        report = convert(ConvertOptions(root, tmp_path / "one-per-shard", samples_per_shard=SHARDS_PER),
+                         write_tasks=10_000)
+    finally:
+        ray.shutdown()
+    assert report.identity_holds and report.shards > 4
+    assert _output_bytes(tmp_path / "one-per-shard") == _output_bytes(out)
 
 
 def test_killed_conversion_resumes_to_the_same_output(corpus, reference, tmp_path):
