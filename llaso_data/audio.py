@@ -4,7 +4,7 @@ Two modes:
 
 * ``passthrough`` keeps the original bytes once they are known to decode:
 
-  - a PCM WAV (format tag 1, 8 to 32 bits, 1 to 1,024 channels) is checked in full from
+  - a PCM WAV (format tag 1, 1 to 4 bytes a sample, 1 to 1,024 channels) is checked in full from
     its header: Python's ``wave`` module parses it, and the data chunk that the header
     declares must be present in the file. Every byte pattern of PCM data is a valid
     sample, so this is as strict as decoding the whole clip, at ~0.01 ms whatever its

@@ -3,6 +3,8 @@ the ``ray job submit`` path, and reading the shards back with plain webdataset."
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -10,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.request
@@ -24,6 +27,7 @@ import webdataset as wds
 from llaso_data.convert import ConversionError, ConvertOptions, ShardPlan, convert
 from llaso_data.corpus import iter_corpus
 from llaso_data.records import Sample
+from llaso_data.shards import TarStream
 from llaso_data.synth import write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,6 +126,26 @@ def test_same_input_and_options_give_byte_identical_output(corpus, reference, tm
     finally:
         ray.shutdown()
     assert _output_bytes(tmp_path / "again") == _output_bytes(out)
+
+
+def test_tar_stream_writes_what_tarfile_writes(tmp_path):
+    members = [("a.json", b"{}"), ("k" * 150 + ".audio0.wav", bytes(range(256)) * 7),
+               ("clé-ü.audio1.flac", b"x" * 512), ("empty.json", b"")]
+    with open(tmp_path / "ours.tar", "wb") as file:
+        stream = TarStream(file)
+        offsets = [stream.add(name, data) for name, data in members]
+        stream.close()
+    with tarfile.open(tmp_path / "tarfile.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = (
+                len(data), 0, 0o644, 0, 0, "", "")
+            tar.addfile(info, io.BytesIO(data))
+    ours = (tmp_path / "ours.tar").read_bytes()
+    assert ours == (tmp_path / "tarfile.tar").read_bytes()
+    assert stream.size == len(ours) and stream.sha256.hexdigest() == hashlib.sha256(ours).hexdigest()
+    with tarfile.open(tmp_path / "ours.tar") as tar:
+        assert [(m.name, m.offset) for m in tar.getmembers()] == [(n, o) for (n, _), o in zip(members, offsets)]
 
 
 def test_shard_plan_numbers_slots_by_stratum_and_cuts_whole_shards():
