@@ -2,11 +2,23 @@
 
 Two modes:
 
-* ``passthrough`` keeps the original bytes. The clip is checked by decoding its header,
-  its first and its last block (a truncated or corrupt file fails one of the three), so the
-  check costs a few ms whatever the clip length.
+* ``passthrough`` keeps the original bytes once they are known to decode:
+
+  - a PCM WAV (format tag 1, 1 to 4 bytes a sample, 1 to 1,024 channels) is checked in full from
+    its header: Python's ``wave`` module parses it, and the data chunk that the header
+    declares must be present in the file. Every byte pattern of PCM data is a valid
+    sample, so this is as strict as decoding the whole clip, at ~0.01 ms whatever its
+    length (libsndfile's own parse costs ~0.06 ms through ``soundfile``);
+  - any other clip (FLAC, MP3, Ogg, float or compressed WAV, a WAV with no declared data
+    size) is opened by libsndfile, which parses its header, and its first and last
+    blocks are decoded: a truncated file or a corrupt header fails. Corruption between
+    the two blocks of a compressed stream is not detected: finding it means decoding
+    every frame, which costs as much as ``flac16k`` (~1/3,000 s per second of 16 kHz FLAC).
+
 * ``flac16k`` decodes the whole clip, downmixes to mono, resamples to 16 kHz with soxr
-  (``HQ``) and writes 16-bit FLAC.
+  (``HQ``, on float32) and writes 16-bit FLAC. 16-bit sources are decoded to int16 (exact,
+  and cheaper than float32 for FLAC; a 16-bit PCM WAV's samples are read straight from its
+  data chunk); a 16 kHz mono 16-bit clip is re-encoded as it is.
 
 Failures raise :class:`AudioError` with a rejection reason: ``audio_missing``,
 ``audio_undecodable`` or ``audio_empty``.
@@ -15,6 +27,7 @@ Failures raise :class:`AudioError` with a rejection reason: ``audio_missing``,
 from __future__ import annotations
 
 import io
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +38,9 @@ import soxr
 AUDIO_MODES = ("passthrough", "flac16k")
 TARGET_RATE = 16_000
 _CHECK_FRAMES = 4096
+_MAX_CHANNELS = 1024  # libsndfile refuses more
+_INT16_SCALE = np.float32(1 / 32768)  # libsndfile's int16 -> float normalisation
+_FLOAT_TO_INT16 = np.float32(32768)  # and its float -> 16-bit FLAC one
 
 
 class AudioError(ValueError):
@@ -46,56 +62,30 @@ class EncodedClip:
 
 def encode_clip(path: Path, mode: str) -> EncodedClip:
     """Read the clip at ``path`` and return what a shard stores for it in ``mode``."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise AudioError("audio_missing", str(path), "file not found") from None
-    except IsADirectoryError:
-        raise AudioError("audio_missing", str(path), "is a directory, not a file") from None
+    data = read_clip(path)
     if mode == "passthrough":
-        return EncodedClip(data, path.suffix.lstrip(".").lower(), _check_decodes(data, path))
+        return EncodedClip(data, path.suffix.lstrip(".").lower(), check_decodes(data, path))
     if mode == "flac16k":
         return _to_flac16k(data, path)
     raise ValueError(f"unknown audio mode {mode!r}; choose one of {AUDIO_MODES}")
 
 
-def _describe(error: Exception) -> str:
-    """libsndfile's own message, without the in-memory file object's address (which
-    would make rejection details differ between runs)."""
-    return getattr(error, "error_string", None) or type(error).__name__
-
-
-def _open(data: bytes, path: Path) -> soundfile.SoundFile:
-    if not data:
-        raise AudioError("audio_empty", str(path), "file is empty (0 bytes)")
-    # libsndfile clamps a WAV's frame count to the bytes present, so a WAV cut short
-    # decodes cleanly to its (new) end: compare the header's data size with the file.
-    end = _declared_wav_end(data)
-    if end is not None and end > len(data):
-        raise AudioError("audio_undecodable", str(path),
-                         f"truncated: the header declares {end} bytes, the file has {len(data)}")
+def read_clip(path: Path) -> bytes:
+    """The bytes of the clip at ``path``; :class:`AudioError` ``audio_missing`` if absent."""
     try:
-        return soundfile.SoundFile(io.BytesIO(data))
-    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise AudioError("audio_undecodable", str(path), f"cannot decode: {_describe(error)}") from None
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise AudioError("audio_missing", str(path), "file not found") from None
+    except IsADirectoryError:
+        raise AudioError("audio_missing", str(path), "is a directory, not a file") from None
 
 
-def _declared_wav_end(data: bytes) -> int | None:
-    """Where a RIFF/WAVE file's ``data`` chunk ends according to its header, or None (not
-    RIFF/WAVE, no data chunk header, or an unknown/streaming size of 0 or 0xFFFFFFFF)."""
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        return None
-    position = 12
-    while position + 8 <= len(data):
-        size = int.from_bytes(data[position + 4:position + 8], "little")
-        if data[position:position + 4] == b"data":
-            return None if size in (0, 0xFFFFFFFF) else position + 8 + size
-        position += 8 + size + (size & 1)
-    return None
-
-
-def _check_decodes(data: bytes, path: Path) -> float:
-    """Decode the first and last block; return the duration in seconds."""
+def check_decodes(data: bytes, path: Path) -> float:
+    """Check that the clip ``data`` (read from ``path``) decodes, as the module docstring
+    describes for ``passthrough``; return its duration in seconds."""
+    wav = _pcm_wav(data, path)
+    if wav is not None:
+        return wav.frames / wav.rate
     with _open(data, path) as clip:
         frames, rate = clip.frames, clip.samplerate
         try:
@@ -114,36 +104,140 @@ def _check_decodes(data: bytes, path: Path) -> float:
     return frames / rate
 
 
-def _downmix(samples: np.ndarray) -> np.ndarray:
-    """Mean over channels, column by column: ``samples.mean(axis=1)`` reduces along the
-    short inner axis and costs ~10x more (8 ms for 8 s of 44.1 kHz stereo)."""
-    mono = samples[:, 0].copy()
-    for channel in range(1, samples.shape[1]):
-        mono += samples[:, channel]
-    mono /= np.float32(samples.shape[1])
+def _describe(error: Exception) -> str:
+    """libsndfile's own message, without the in-memory file object's address (which
+    would make rejection details differ between runs)."""
+    return getattr(error, "error_string", None) or type(error).__name__
+
+
+@dataclass(frozen=True)
+class _PcmWav:
+    """Header fields of a complete PCM WAV; its samples start at byte ``start``."""
+
+    channels: int
+    rate: int
+    width: int  # bytes per sample
+    frames: int
+    start: int
+
+
+def _pcm_wav(data: bytes, path: Path) -> _PcmWav | None:
+    """The header of a complete PCM WAV with at least one frame, parsed by ``wave``;
+    None for any other clip (libsndfile then decides). Raises for a truncated WAV."""
+    chunk = _check_wav_length(data, path)
+    if chunk is None:
+        return None
+    try:
+        with wave.open(io.BytesIO(data)) as clip:
+            channels, rate, width, frames = (clip.getnchannels(), clip.getframerate(),
+                                             clip.getsampwidth(), clip.getnframes())
+    except (wave.Error, EOFError):
+        return None
+    if 1 <= channels <= _MAX_CHANNELS and rate >= 1 and 1 <= width <= 4 and frames >= 1:
+        return _PcmWav(channels, rate, width, frames, chunk[0])
+    return None
+
+
+def _check_wav_length(data: bytes, path: Path) -> tuple[int, int] | None:
+    """``(start, size)`` of a RIFF/WAVE clip's data chunk (None if not known); raises
+    ``audio_undecodable`` when the file is shorter. libsndfile clamps a WAV's frame count
+    to the bytes present, so a WAV cut short would otherwise decode cleanly to its end."""
+    chunk = _wav_data_chunk(data)
+    if chunk is not None and sum(chunk) > len(data):
+        raise AudioError("audio_undecodable", str(path),
+                         f"truncated: the header declares {sum(chunk)} bytes, the file has {len(data)}")
+    return chunk
+
+
+def _open(data: bytes, path: Path) -> soundfile.SoundFile:
+    if not data:
+        raise AudioError("audio_empty", str(path), "file is empty (0 bytes)")
+    _check_wav_length(data, path)
+    try:
+        return soundfile.SoundFile(io.BytesIO(data))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
+        raise AudioError("audio_undecodable", str(path), f"cannot decode: {_describe(error)}") from None
+
+
+def _wav_data_chunk(data: bytes) -> tuple[int, int] | None:
+    """``(start, size)`` of a RIFF/WAVE file's first ``data`` chunk according to its
+    header, or None (not RIFF/WAVE, no data chunk header, or an unknown/streaming size of
+    0 or 0xFFFFFFFF)."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    position = 12
+    while position + 8 <= len(data):
+        size = int.from_bytes(data[position + 4:position + 8], "little")
+        if data[position:position + 4] == b"data":
+            return None if size in (0, 0xFFFFFFFF) else (position + 8, size)
+        position += 8 + size + (size & 1)
+    return None
+
+
+def _mono_float32(samples: np.ndarray) -> np.ndarray:
+    """``(frames, channels)`` int16 or float32 samples -> ``(frames,)`` float32 in [-1, 1),
+    the mean over channels. int16 input gives exactly what libsndfile's float32 decode
+    of the same clip gives (``x / 32768``, summed, divided by the channel count).
+
+    Summed column by column: ``samples.mean(axis=1)`` reduces along the short inner axis
+    and costs ~10x more (8 ms for 8 s of 44.1 kHz stereo)."""
+    channels = samples.shape[1]
+    if samples.dtype == np.int16:
+        total = samples[:, 0].astype(np.int32)
+        for channel in range(1, channels):
+            total += samples[:, channel]
+        mono = total.astype(np.float32)
+        mono *= _INT16_SCALE
+    else:
+        mono = samples[:, 0].copy()
+        for channel in range(1, channels):
+            mono += samples[:, channel]
+    if channels > 1:
+        mono /= np.float32(channels)
     return mono
 
 
+def _to_int16(mono: np.ndarray) -> np.ndarray:
+    """float32 -> int16 exactly as libsndfile converts float32 when writing 16-bit FLAC
+    (times 32768, rounded half to even, clipped to the int16 range), which is a fifth
+    cheaper than letting libsndfile convert inside the encoder."""
+    scaled = mono * _FLOAT_TO_INT16
+    np.rint(scaled, out=scaled)
+    np.clip(scaled, -32768, 32767, out=scaled)
+    return scaled.astype(np.int16)
+
+
 def _to_flac16k(data: bytes, path: Path) -> EncodedClip:
-    with _open(data, path) as clip:
-        rate, channels = clip.samplerate, clip.channels
-        # 16-bit 16 kHz mono needs no downmix, resampling or requantising: decode straight
-        # to int16 and encode that (same bytes as the float32 round trip, ~1.5x faster).
-        # Only for PCM_16 sources: libsndfile converts float/24-bit to int16 unclipped.
-        direct = rate == TARGET_RATE and channels == 1 and clip.subtype == "PCM_16"
-        try:
-            samples = clip.read(dtype="int16" if direct else "float32", always_2d=True)
-        except (soundfile.LibsndfileError, RuntimeError) as error:
-            raise AudioError("audio_undecodable", str(path), f"cannot decode: {_describe(error)}") from None
+    wav = _pcm_wav(data, path)
+    if wav is not None and wav.width == 2:  # 16-bit PCM WAV: its samples are its bytes
+        rate, channels, integer = wav.rate, wav.channels, True
+        samples = np.frombuffer(data, "<i2", wav.frames * channels, wav.start).reshape(-1, channels)
+    else:
+        rate, channels, integer, samples = _decode(data, path)
     if samples.shape[0] == 0:
         raise AudioError("audio_empty", str(path), "no audio frames")
-    if direct:
+    if integer and channels == 1 and rate == TARGET_RATE:
         pcm = samples[:, 0]
     else:
-        mono = samples[:, 0] if channels == 1 else _downmix(samples)
+        mono = _mono_float32(samples)
         if rate != TARGET_RATE:
             mono = soxr.resample(mono, rate, TARGET_RATE, quality="HQ")
-        pcm = np.clip(mono, -1.0, 1.0)
+        pcm = _to_int16(mono)
     buffer = io.BytesIO()
     soundfile.write(buffer, pcm, TARGET_RATE, format="FLAC", subtype="PCM_16")
     return EncodedClip(buffer.getvalue(), "flac", len(pcm) / TARGET_RATE)
+
+
+def _decode(data: bytes, path: Path) -> tuple[int, int, bool, np.ndarray]:
+    """Decode a whole clip with libsndfile: ``(rate, channels, integer, samples)``, the
+    samples ``(frames, channels)`` int16 when ``integer`` else float32. Only PCM_16
+    sources decode to int16 (libsndfile converts float or 24-bit to int16 unclipped);
+    MP3 decodes to float internally, so float32 is its cheaper read."""
+    with _open(data, path) as clip:
+        rate, channels = clip.samplerate, clip.channels
+        integer = clip.subtype == "PCM_16"
+        try:
+            samples = clip.read(dtype="int16" if integer else "float32", always_2d=True)
+        except (soundfile.LibsndfileError, RuntimeError) as error:
+            raise AudioError("audio_undecodable", str(path), f"cannot decode: {_describe(error)}") from None
+    return rate, channels, integer, samples

@@ -4,11 +4,16 @@ The pipeline (the driver holds counts and shard names only, never the records):
 
 1. read: one Ray task per annotation file streams it into rows (a normalised sample or a
    rejection, as JSON), so a 12M-record file never sits in one process's memory whole;
-2. count: samples per (split, modality, task) give each stratum ``ceil(n / samples_per_shard)``
-   shards;
-3. assign: a seeded hash of the key picks the shard; only this metadata is shuffled;
-4. write: one task per shard (a Ray ``groupby().map_groups``) reads the audio itself, writes
-   the tar atomically and records its rows in ``OUT/.state/<shard>.json``;
+   the rows stay in Ray's object store (materialised once);
+2. count: each block is tallied where it lies (samples per (split, modality, task), plus
+   its rejections) and the driver adds the tallies up: each stratum gets
+   ``ceil(n / samples_per_shard)`` shards. No shuffle;
+3. assign + shuffle: a seeded hash of the key picks the shard (a pure function of key,
+   seed and count); one sort by shard, with boundaries computed from the counts rather
+   than sampled, moves the sample metadata (never audio) so that each write task gets
+   whole shards (one shard per task up to 256 shards);
+4. write: the task writing a shard reads its audio itself, writes the tar atomically and
+   records its rows in ``OUT/.state/<shard>.json``;
 5. finish: manifest, index and rejects are assembled from the state files in sorted order,
    and the accounting identity ``read = written + rejected`` is checked.
 
@@ -21,6 +26,7 @@ or stops a cluster.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -40,6 +46,12 @@ from .validate import FileContext
 
 STATE_DIR = ".state"
 _ROW_BATCH = 4096
+# Write tasks: many small ones balance the CPUs best (a task start costs ~10 ms); past
+# 256 shards a task takes several, so that the shuffle's pieces (read blocks x write
+# tasks) stay few, but never over 20,000 samples of metadata.
+_MIN_WRITE_TASKS = 256
+_WRITE_TASKS_PER_CPU = 4
+_MAX_SAMPLES_PER_WRITE_TASK = 20_000
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,7 @@ class ConvertReport:
     rejected_by_reason: dict = field(default_factory=dict)
     unknown_stems: list = field(default_factory=list)
     seconds: float = 0.0
+    stage_seconds: dict = field(default_factory=dict)  # read, count, write (incl. shuffle), finish
 
     @property
     def identity_holds(self) -> bool:
@@ -110,11 +123,17 @@ class ConversionError(RuntimeError):
     """The output folder cannot be used (it holds a conversion made with other options)."""
 
 
-def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | None = None) -> ConvertReport:
+def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | None = None,
+            write_tasks: int | None = None) -> ConvertReport:
     """Run the conversion on the current Ray cluster; returns its report (also written to
-    ``OUT/report.json``). Raises :class:`ConversionError` for an incompatible OUT."""
+    ``OUT/report.json``). Raises :class:`ConversionError` for an incompatible OUT.
+
+    ``write_tasks`` is how many write tasks the shards are cut into (default: one per
+    shard up to 256 shards; beyond that 256, or four per CPU of the cluster, or as many
+    as keep a task under 20,000 samples, whichever is most). It changes how work is
+    spread, never the output bytes."""
+    import ray
     import ray.data
-    from ray.data.expressions import col
 
     started = time.perf_counter()
     out = options.out.resolve()
@@ -129,26 +148,42 @@ def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | N
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     # Task-based sort shuffle: hash shuffle starts aggregator actors, ~10 s of fixed cost
-    # per groupby on a small machine, for no gain at metadata sizes.
+    # on a small machine, for no gain at metadata sizes.
     context.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    # Per-operator resource reservation starts the write tasks one at a time and leaves
+    # ~0.2 s between tasks on a CPU (measured on 2 CPUs). It guards streaming pipelines
+    # against a starved downstream operator; here every execution ends in a barrier
+    # (materialise, or the sort before the writes), so there is nothing to guard.
+    context.op_resource_reservation_enabled = False
 
     rows = ray.data.from_items([{"path": str(p)} for p in files], override_num_blocks=max(len(files), 1))
     rows = rows.map_batches(_read_files, fn_kwargs={"root": str(root)}, batch_size=1).materialize()
+    stages = _StageClock(report.stage_seconds, started)
+    stages.end("read")
 
-    counts = {(r["kind"], r["split"], r["modality"], r["task"]): r["count()"]
-              for r in rows.groupby(["kind", "split", "modality", "task"]).count().take_all()}
-    shard_counts = {(s, m, t): math.ceil(n / options.samples_per_shard)
-                    for (kind, s, m, t), n in counts.items() if kind == "sample"}
-    samples_total = sum(n for (kind, *_), n in counts.items() if kind == "sample")
-    report.read = sum(counts.values())
+    counts: dict[tuple[str, str, str], int] = {}
+    annotation_rejects: list[dict] = []
+    for batch in rows.map_batches(_tally, batch_size=None, batch_format="pyarrow").iter_batches(
+            batch_size=None, batch_format="pyarrow"):
+        for split, modality, task, count, payload in zip(*(batch[c].to_pylist() for c in _TALLY_COLUMNS)):
+            if payload:
+                annotation_rejects.append(json.loads(payload))
+            else:
+                counts[(split, modality, task)] = counts.get((split, modality, task), 0) + count
+    plan = ShardPlan.from_counts(counts, options.samples_per_shard)
+    report.read = plan.samples + len(annotation_rejects)
+    stages.end("count")
 
-    assigned = rows.filter(expr=col("kind") == "sample").map_batches(
-        _assign_shards, fn_kwargs={"shard_counts": shard_counts, "seed": options.seed}, batch_format="pyarrow")
-    written = assigned.groupby("shard").map_groups(
-        _write_shard_group, fn_kwargs={"out": str(out), "audio_root": str(options.resolved_audio_root),
-                                       "audio_mode": options.audio_mode, "seed": options.seed},
-        batch_format="pyarrow")
-    shard_names = []
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    partitions = plan.partitions(write_tasks or max(_MIN_WRITE_TASKS, _WRITE_TASKS_PER_CPU * cpus,
+                                                    math.ceil(plan.samples / _MAX_SAMPLES_PER_WRITE_TASK)))
+    written = (rows.map_batches(_assign_shards, fn_kwargs={"plan": plan, "seed": options.seed},
+                                batch_size=None, batch_format="pyarrow")
+               .sort("shard_id", boundaries=partitions)
+               .map_batches(_write_shards, fn_kwargs={"out": str(out), "audio_root": str(options.resolved_audio_root),
+                                                      "audio_mode": options.audio_mode, "seed": options.seed},
+                            batch_size=None, batch_format="pyarrow"))
+    shard_names: list[str] = []
     samples_done = 0
     for batch in written.iter_batches(batch_size=None, batch_format="pyarrow"):
         for name, handled, reused in zip(batch["shard"].to_pylist(), batch["handled"].to_pylist(),
@@ -157,15 +192,78 @@ def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | N
             samples_done += handled
             report.shards_reused += reused
         if on_progress:
-            on_progress(Progress(len(shard_names), sum(shard_counts.values()), samples_done,
-                                 samples_total, time.perf_counter() - started))
-
-    annotation_rejects = [json.loads(r["payload"]) for r in rows.filter(expr=col("kind") == "reject").iter_rows()]
+            on_progress(Progress(len(shard_names), plan.shards, samples_done, plan.samples,
+                                 time.perf_counter() - started))
+    if len(set(shard_names)) != len(shard_names):  # each shard is one task's: never split
+        raise RuntimeError("a shard was written by more than one task; its tar may be incomplete")
+    stages.end("write")
+    del rows  # the read rows are no longer needed: let Ray free (or unspill) them
     _finish(out, sorted(shard_names), annotation_rejects, report)
+    stages.end("finish")
     report.seconds = time.perf_counter() - started
     (out / REPORT_FILE).write_text(json.dumps({"report": report.to_dict(), "options": options.fingerprint()},
                                               indent=2) + "\n")
     return report
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """How many shards each stratum gets, and a global number for every shard slot.
+
+    Stratum ``k`` (in sorted order) owns the slots ``first[k] .. first[k] + count[k] - 1``;
+    a sample goes to slot ``first[k] + shard_index(key, seed, count[k])``. Holds one entry
+    per stratum, never per sample.
+    """
+
+    strata: tuple[tuple[str, str, str], ...]
+    samples_per_stratum: tuple[int, ...]
+    shards_per_stratum: tuple[int, ...]
+
+    @classmethod
+    def from_counts(cls, counts: dict[tuple[str, str, str], int], samples_per_shard: int) -> "ShardPlan":
+        strata = tuple(sorted(counts))
+        return cls(strata, tuple(counts[s] for s in strata),
+                   tuple(math.ceil(counts[s] / samples_per_shard) for s in strata))
+
+    @property
+    def samples(self) -> int:
+        return sum(self.samples_per_stratum)
+
+    @property
+    def shards(self) -> int:
+        """Shard slots; an upper bound on the shards written (a slot may draw no sample)."""
+        return sum(self.shards_per_stratum)
+
+    def first_slots(self) -> dict[tuple[str, str, str], tuple[int, int]]:
+        """stratum -> (its first global slot, its shard count)."""
+        firsts = itertools.accumulate(self.shards_per_stratum, initial=0)
+        return {s: (first, n) for s, first, n in zip(self.strata, firsts, self.shards_per_stratum)}
+
+    def partitions(self, wanted: int) -> list[int]:
+        """Sort boundaries (global slots) cutting the slots into at most ``wanted`` runs of
+        about equal expected sample counts, never splitting a shard. Ray sorts the sample
+        rows by slot into these runs; each run is one write task."""
+        expected = [n / k for n, k in zip(self.samples_per_stratum, self.shards_per_stratum) for _ in range(k)]
+        target = sum(expected) / max(min(wanted, len(expected)), 1)
+        boundaries, filled = [], 0.0
+        for slot, size in enumerate(expected):
+            # a new run starts at the first slot whose middle lies past the next multiple of target
+            if slot and filled + size / 2 >= target * (len(boundaries) + 1):
+                boundaries.append(slot)
+            filled += size
+        return boundaries or [len(expected)]  # Ray samples boundaries of its own when given none
+
+
+class _StageClock:
+    """Records into ``seconds[name]`` the time since the previous stage ended."""
+
+    def __init__(self, seconds: dict, started: float):
+        self._seconds, self._last = seconds, started
+
+    def end(self, name: str) -> None:
+        now = time.perf_counter()
+        self._seconds[name] = round(now - self._last, 3)
+        self._last = now
 
 
 def _prepare_out(out: Path, options: ConvertOptions) -> None:
@@ -212,9 +310,11 @@ def _state_path(out: Path, name: str) -> Path:
 
 
 def _read_files(batch: dict[str, np.ndarray], root: str) -> Iterator[dict[str, list]]:
-    """Ray UDF: annotation file paths in, rows of samples and rejections out (as JSON).
+    """Ray UDF: annotation file paths in, rows of samples and rejections out.
 
-    Unknown-stem warnings are the driver's to report; they are silenced here.
+    Columns: ``kind`` (``sample`` | ``reject``), ``split``, ``modality``, ``task``, ``key``
+    (empty for a rejection) and ``payload`` (the sample or rejection as JSON). Unknown-stem
+    warnings are the driver's to report; they are silenced here.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnknownStemWarning)
@@ -222,9 +322,9 @@ def _read_files(batch: dict[str, np.ndarray], root: str) -> Iterator[dict[str, l
             rows = _empty_rows()
             for item in iter_file(Path(root), Path(path)):
                 if isinstance(item, Sample):
-                    _append(rows, "sample", item.split, item.modality, item.task, item.to_json())
+                    _append(rows, "sample", item.split, item.modality, item.task, item.key, item.to_json())
                 else:
-                    _append(rows, "reject", "", "", "", json.dumps(item.to_dict(), ensure_ascii=False))
+                    _append(rows, "reject", "", "", "", "", json.dumps(item.to_dict(), ensure_ascii=False))
                 if len(rows["kind"]) >= _ROW_BATCH:
                     yield rows
                     rows = _empty_rows()
@@ -233,46 +333,84 @@ def _read_files(batch: dict[str, np.ndarray], root: str) -> Iterator[dict[str, l
 
 
 def _empty_rows() -> dict[str, list]:
-    return {"kind": [], "split": [], "modality": [], "task": [], "payload": []}
+    return {"kind": [], "split": [], "modality": [], "task": [], "key": [], "payload": []}
 
 
-def _append(rows: dict[str, list], kind: str, split: str, modality: str, task: str, payload: str) -> None:
-    rows["kind"].append(kind)
-    rows["split"].append(split)
-    rows["modality"].append(modality)
-    rows["task"].append(task)
-    rows["payload"].append(payload)
+def _append(rows: dict[str, list], *values: str) -> None:
+    for column, value in zip(rows.values(), values):
+        column.append(value)
 
 
-def _assign_shards(batch, shard_counts: dict, seed: int):
-    """Ray UDF: add the ``shard`` column (relative shard path) to a batch of sample rows."""
+_TALLY_COLUMNS = ("split", "modality", "task", "count", "payload")
+
+
+def _tally(block):
+    """Ray UDF: one block of read rows in; out, one row per stratum with its sample count
+    (``payload`` empty) and one row per rejection (``count`` 0, ``payload`` its JSON)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    samples = block.filter(pc.equal(block["kind"], "sample"))
+    counts = samples.group_by(["split", "modality", "task"]).aggregate([("kind", "count")])
+    rejects = block.filter(pc.equal(block["kind"], "reject"))
+    return pa.table({
+        "split": counts["split"].to_pylist() + [""] * rejects.num_rows,
+        "modality": counts["modality"].to_pylist() + [""] * rejects.num_rows,
+        "task": counts["task"].to_pylist() + [""] * rejects.num_rows,
+        "count": counts["kind_count"].to_pylist() + [0] * rejects.num_rows,
+        "payload": [""] * counts.num_rows + rejects["payload"].to_pylist(),
+    })
+
+
+def _assign_shards(block, plan: ShardPlan, seed: int):
+    """Ray UDF: a block of read rows in, its sample rows out with ``shard_id`` (global
+    slot, see :class:`ShardPlan`) and ``shard`` (relative shard path) added."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    samples = block.filter(pc.equal(block["kind"], "sample"))
+    firsts = plan.first_slots()
+    ids, names = [], []
+    for split, modality, task, key in zip(samples["split"].to_pylist(), samples["modality"].to_pylist(),
+                                          samples["task"].to_pylist(), samples["key"].to_pylist()):
+        first, count = firsts[(split, modality, task)]
+        index = shard_index(key, seed, count)
+        ids.append(first + index)
+        names.append(shard_name(split, modality, task, index))
+    return (samples.select(["payload"])
+            .append_column("shard_id", pa.array(ids, pa.int64()))
+            .append_column("shard", pa.array(names, pa.string())))
+
+
+def _write_shards(block, out: str, audio_root: str, audio_mode: str, seed: int):
+    """Ray UDF: the sample rows of whole shards, sorted by ``shard_id``, in; one row per
+    shard, written (or found done), out as each shard is done."""
     import pyarrow as pa
 
-    names = []
-    for split, modality, task, payload in zip(batch["split"].to_pylist(), batch["modality"].to_pylist(),
-                                              batch["task"].to_pylist(), batch["payload"].to_pylist()):
-        count = shard_counts[(split, modality, task)]
-        key = json.loads(payload)["key"]
-        names.append(shard_name(split, modality, task, shard_index(key, seed, count)))
-    return batch.append_column("shard", pa.array(names, pa.string()))
+    ids = block["shard_id"].to_numpy()
+    starts = [0, *(np.flatnonzero(np.diff(ids)) + 1).tolist()]
+    for start, end in zip(starts, [*starts[1:], len(ids)]):
+        if start == end:
+            continue
+        shard = block.slice(start, end - start)
+        name = shard["shard"][0].as_py()
+        handled, done_before = _write_shard(Path(out), name, shard["payload"].to_pylist(), Path(audio_root),
+                                            audio_mode, seed)
+        yield pa.table({"shard": [name], "handled": [handled], "reused": [done_before]})
 
 
-def _write_shard_group(batch, out: str, audio_root: str, audio_mode: str, seed: int):
-    """Ray UDF: all rows of one shard in, the shard written (or found done) out."""
-    import pyarrow as pa
-
-    out_path = Path(out)
-    name = batch["shard"][0].as_py()
-    state_path = _state_path(out_path, name)
+def _write_shard(out: Path, name: str, payloads: list[str], audio_root: Path, audio_mode: str,
+                 seed: int) -> tuple[int, bool]:
+    """Write shard ``name`` from its samples' JSON unless its state file says it is done;
+    returns (samples handled, whether it was already done)."""
+    state_path = _state_path(out, name)
     if state_path.exists():
         state = json.loads(state_path.read_text("utf-8"))
-        if not state["manifest"]["num_samples"] or (out_path / name).exists():
-            handled = state["manifest"]["num_samples"] + len(state["rejections"])
-            return pa.table({"shard": [name], "handled": [handled], "reused": [True]})
-    samples = [Sample.from_json(p) for p in batch["payload"].to_pylist()]
-    result = write_shard(out_path, name, samples, Path(audio_root), audio_mode, seed)
-    _save_state(state_path, result)
-    return pa.table({"shard": [name], "handled": [len(samples)], "reused": [False]})
+        if not state["manifest"]["num_samples"] or (out / name).exists():
+            return state["manifest"]["num_samples"] + len(state["rejections"]), True
+    samples = [Sample.from_json(p) for p in payloads]
+    _save_state(state_path, write_shard(out, name, samples, audio_root, audio_mode, seed))
+    return len(samples), False
 
 
 def _save_state(path: Path, result: ShardResult) -> None:

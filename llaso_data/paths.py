@@ -48,7 +48,12 @@ def normalise_audio_path(path: str) -> str:
 def resolve_audio_path(root: Path, relative: str) -> Path:
     """Join a normalised relative path to ``root`` and check, after following symlinks,
     that the result is still inside ``root``. Raises :class:`AudioPathError`."""
-    real_root = os.path.realpath(root)
+    return resolve_under_real_root(os.path.realpath(root), relative)
+
+
+def resolve_under_real_root(real_root: str, relative: str) -> Path:
+    """:func:`resolve_audio_path` for a root already passed through ``os.path.realpath``
+    (resolve it once for many paths: that costs a ``stat`` per component of the root)."""
     real = os.path.realpath(os.path.join(real_root, relative))
     if os.path.commonpath([real_root, real]) != real_root:
         raise AudioPathError("audio_path_escapes_root", relative, "audio path resolves outside the audio root")

@@ -10,18 +10,17 @@ seeded hashes of its key: the same input and options always give the same bytes.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import tarfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO
 
 from .audio import AudioError, encode_clip
-from .paths import AudioPathError, resolve_audio_path
+from .paths import AudioPathError, resolve_under_real_root
 from .records import Rejection, Sample
 
-_COPY_BUFSIZE = 8 << 20  # copy a member with one write, not 16 KiB Python-level chunks
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -67,19 +66,6 @@ class ShardResult:
     rejections: list[Rejection] = field(default_factory=list)
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> int:
-    """Append one regular file with fixed metadata; returns its header's byte offset."""
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    offset = tar.offset
-    tar.addfile(info, io.BytesIO(data))
-    return offset
-
-
 def write_shard(out_root: Path, name: str, samples: list[Sample], audio_root: Path,
                 audio_mode: str, seed: int) -> ShardResult:
     """Read the audio of ``samples``, write ``out_root/name`` atomically, return its rows.
@@ -93,33 +79,31 @@ def write_shard(out_root: Path, name: str, samples: list[Sample], audio_root: Pa
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(target.name + ".tmp")
     result = ShardResult(manifest={})
-    hasher = hashlib.sha256()
     seconds_total = 0.0
-    with open(temporary, "wb") as raw_file:
-        writer = _HashingWriter(raw_file, hasher)
-        with tarfile.open(fileobj=writer, mode="w", format=tarfile.PAX_FORMAT,
-                          copybufsize=_COPY_BUFSIZE) as tar:
-            for sample in sorted(samples, key=lambda s: order_within_shard(s.key, seed)):
-                try:
-                    clips = [encode_clip(resolve_audio_path(audio_root, p), audio_mode) for p in sample.audio]
-                except (AudioError, AudioPathError) as error:
-                    result.rejections.append(Rejection(sample.source, sample.ordinal, error.reason,
-                                                       str(error), sample.to_json(), None, sample.key))
-                    continue
-                stored = replace(sample, durations=tuple(round(c.seconds, 6) for c in clips))
-                offset = _add_member(tar, f"{sample.key}.json", stored.to_json().encode("utf-8"))
-                for i, clip in enumerate(clips):
-                    _add_member(tar, f"{sample.key}.{audio_member(i, clip.extension)}", clip.data)
-                seconds = sum(stored.durations)
-                seconds_total += seconds
-                result.index.append({
-                    "key": sample.key, "shard": name, "offset": offset,
-                    "split": split, "modality": modality, "task": task, "category": category,
-                    "audio_seconds": seconds, "num_clips": len(clips),
-                    "text_chars": sum(len(t.text) for t in sample.turns),
-                    "source": sample.source, "ordinal": sample.ordinal,
-                })
-        size = writer.size
+    real_root = os.path.realpath(audio_root)
+    with open(temporary, "wb") as file:
+        tar = TarStream(file)
+        for sample in sorted(samples, key=lambda s: order_within_shard(s.key, seed)):
+            try:
+                clips = [encode_clip(resolve_under_real_root(real_root, p), audio_mode) for p in sample.audio]
+            except (AudioError, AudioPathError) as error:
+                result.rejections.append(Rejection(sample.source, sample.ordinal, error.reason,
+                                                   str(error), sample.to_json(), None, sample.key))
+                continue
+            stored = replace(sample, durations=tuple(round(c.seconds, 6) for c in clips))
+            offset = tar.add(f"{sample.key}.json", stored.to_json().encode("utf-8"))
+            for i, clip in enumerate(clips):
+                tar.add(f"{sample.key}.{audio_member(i, clip.extension)}", clip.data)
+            seconds = sum(stored.durations)
+            seconds_total += seconds
+            result.index.append({
+                "key": sample.key, "shard": name, "offset": offset,
+                "split": split, "modality": modality, "task": task, "category": category,
+                "audio_seconds": seconds, "num_clips": len(clips),
+                "text_chars": sum(len(t.text) for t in sample.turns),
+                "source": sample.source, "ordinal": sample.ordinal,
+            })
+        tar.close()
     if result.index:
         os.replace(temporary, target)
     else:
@@ -127,25 +111,48 @@ def write_shard(out_root: Path, name: str, samples: list[Sample], audio_root: Pa
     result.manifest = {
         "shard": name, "split": split, "modality": modality, "task": task, "category": category,
         "num_samples": len(result.index), "audio_seconds": seconds_total,
-        "bytes": size if result.index else 0,
-        "sha256": hasher.hexdigest() if result.index else "",
+        "bytes": tar.size if result.index else 0,
+        "sha256": tar.sha256.hexdigest() if result.index else "",
     }
     return result
 
 
-class _HashingWriter(io.RawIOBase):
-    """A write-only file object that hashes and counts what passes through it."""
+class TarStream:
+    """Append regular files to an uncompressed tar on ``file``, hashing what it writes.
 
-    def __init__(self, target, hasher):
-        self._target, self._hasher, self.size = target, hasher, 0
+    Headers come from :class:`tarfile.TarInfo` (PAX format, fixed owner, mode and mtime);
+    each member's data goes out in one write, with no intermediate copy. The bytes equal
+    those of ``tarfile.open(mode="w", format=PAX_FORMAT)`` + ``addfile`` + ``close``.
+    ``size`` counts bytes written, ``sha256`` hashes them.
+    """
 
-    def writable(self) -> bool:
-        return True
+    def __init__(self, file: BinaryIO):
+        self._file = file
+        self.sha256 = hashlib.sha256()
+        self.size = 0
 
-    def tell(self) -> int:
-        return self.size
-
-    def write(self, data) -> int:
-        self._hasher.update(data)
+    def _write(self, data: bytes) -> None:
+        self.sha256.update(data)
+        self._file.write(data)
         self.size += len(data)
-        return self._target.write(data)
+
+    def add(self, name: str, data: bytes) -> int:
+        """Append member ``name`` holding ``data``; returns its header's byte offset."""
+        offset = self.size
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = 0
+        info.mode = 0o644
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        self._write(info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
+        self._write(data)
+        if len(data) % tarfile.BLOCKSIZE:
+            self._write(tarfile.NUL * (tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))
+        return offset
+
+    def close(self) -> None:
+        """End the archive: two zero blocks, then zeros up to a whole 10 KiB record."""
+        self._write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+        if self.size % tarfile.RECORDSIZE:
+            self._write(tarfile.NUL * (tarfile.RECORDSIZE - self.size % tarfile.RECORDSIZE))

@@ -53,3 +53,23 @@ def test_empty_and_garbage_audio_get_their_reasons(tmp_path):
             encode_clip(path, "passthrough")
         reasons[path.name] = caught.value.reason
     assert reasons == {"empty.wav": "audio_empty", "garbage.wav": "audio_undecodable", "missing.wav": "audio_missing"}
+
+
+@pytest.mark.parametrize("rate,channels,subtype", [
+    (16000, 1, "PCM_U8"), (16000, 1, "PCM_16"), (22050, 2, "PCM_24"), (44100, 2, "PCM_32"),
+    (8000, 6, "PCM_16"), (16000, 1, "FLOAT"), (16000, 1, "ULAW")])
+def test_passthrough_duration_is_libsndfiles_for_every_wav_kind(tmp_path, rate, channels, subtype):
+    path = _write(tmp_path / "clip.wav", seconds=1.2345, rate=rate, channels=channels, subtype=subtype)
+    clip = encode_clip(path, "passthrough")
+    assert clip.data == path.read_bytes() and clip.extension == "wav"
+    assert clip.seconds == soundfile.info(path).frames / rate
+
+
+def test_wav_with_a_bad_header_is_rejected(tmp_path):
+    path = _write(tmp_path / "clip.wav")
+    data = bytearray(path.read_bytes())
+    data[22:24] = (0).to_bytes(2, "little")  # zero channels
+    path.write_bytes(bytes(data))
+    with pytest.raises(AudioError) as caught:
+        encode_clip(path, "passthrough")
+    assert caught.value.reason == "audio_undecodable"

@@ -3,6 +3,8 @@ the ``ray job submit`` path, and reading the shards back with plain webdataset."
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -10,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.request
@@ -21,9 +24,10 @@ import pytest
 import soundfile
 import webdataset as wds
 
-from llaso_data.convert import ConversionError, ConvertOptions, convert
+from llaso_data.convert import ConversionError, ConvertOptions, ShardPlan, convert
 from llaso_data.corpus import iter_corpus
 from llaso_data.records import Sample
+from llaso_data.shards import TarStream
 from llaso_data.synth import write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,6 +126,57 @@ def test_same_input_and_options_give_byte_identical_output(corpus, reference, tm
     finally:
         ray.shutdown()
     assert _output_bytes(tmp_path / "again") == _output_bytes(out)
+
+
+def test_tar_stream_writes_what_tarfile_writes(tmp_path):
+    members = [("a.json", b"{}"), ("k" * 150 + ".audio0.wav", bytes(range(256)) * 7),
+               ("clé-ü.audio1.flac", b"x" * 512), ("empty.json", b"")]
+    with open(tmp_path / "ours.tar", "wb") as file:
+        stream = TarStream(file)
+        offsets = [stream.add(name, data) for name, data in members]
+        stream.close()
+    with tarfile.open(tmp_path / "tarfile.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = (
+                len(data), 0, 0o644, 0, 0, "", "")
+            tar.addfile(info, io.BytesIO(data))
+    ours = (tmp_path / "ours.tar").read_bytes()
+    assert ours == (tmp_path / "tarfile.tar").read_bytes()
+    assert stream.size == len(ours) and stream.sha256.hexdigest() == hashlib.sha256(ours).hexdigest()
+    with tarfile.open(tmp_path / "ours.tar") as tar:
+        assert [(m.name, m.offset) for m in tar.getmembers()] == [(n, o) for (n, _), o in zip(members, offsets)]
+
+
+def test_shard_plan_numbers_slots_by_stratum_and_cuts_whole_shards():
+    plan = ShardPlan.from_counts({("test", "text_audio", "SER"): 1200, ("test", "text_audio", "ASR"): 2500,
+                                  ("train", "pure_audio", "AQA"): 1}, samples_per_shard=1000)
+    assert plan.strata[0] == ("test", "text_audio", "ASR") and plan.shards_per_stratum == (3, 2, 1)
+    assert plan.samples == 3701 and plan.shards == 6
+    assert plan.first_slots() == {("test", "text_audio", "ASR"): (0, 3), ("test", "text_audio", "SER"): (3, 2),
+                                  ("train", "pure_audio", "AQA"): (5, 1)}
+    assert plan.partitions(256) == [1, 2, 3, 4, 5]  # one write task per shard
+    runs = plan.partitions(2)  # two runs of about 1,850 expected samples each
+    assert runs == [2] or runs == [3]
+    assert ShardPlan.from_counts({}, 1000).partitions(8) == [0]
+
+
+def test_output_does_not_depend_on_how_shards_are_spread_over_write_tasks(corpus, reference, tmp_path):
+    root, _ = corpus
+    out, _ = reference
+    from llaso_data.ray_local import init_ray
+    import ray
+
+    init_ray(None, num_cpus=2)
+    try:
+        # The reference ran with the default (a few tasks, many shards each); here every
+        # shard gets its own task.
+        report = convert(ConvertOptions(root, tmp_path / "one-per-shard", samples_per_shard=SHARDS_PER),
+                         write_tasks=10_000)
+    finally:
+        ray.shutdown()
+    assert report.identity_holds and report.shards > 4
+    assert _output_bytes(tmp_path / "one-per-shard") == _output_bytes(out)
 
 
 def test_killed_conversion_resumes_to_the_same_output(corpus, reference, tmp_path):
