@@ -183,7 +183,7 @@ def _iter_json(path: Path) -> Iterator[RawRecord]:
         text, pos, byte_pos = window.text, window.pos, window.byte_pos
         # Where the next surrogate escape (\\udXXX) at or after pos lies in text (len(text):
         # none), -1 when not looked for since text changed. One search serves every record
-        # before that escape, at a third of the cost of one search per record.
+        # before that escape (a regex search of the window beats `"\\u" in raw` per record).
         escape_at = -1
         while True:
             if len(text) - pos < LOOKAHEAD_CHARS and not window.eof:
