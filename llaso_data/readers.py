@@ -193,7 +193,14 @@ def _iter_json(path: Path) -> Iterator[RawRecord]:
                 window.read_ahead(LOOKAHEAD_CHARS)
                 text, pos, escape_at = window.text, window.pos, -1
             try:
-                value, end = scan_once(text, pos)
+                try:
+                    value, end = scan_once(text, pos)
+                    refused = None
+                except ValueError as error:  # JSON Python refuses: an integer over 4,300 digits
+                    if isinstance(error, json.JSONDecodeError):
+                        raise
+                    value, end = _LENIENT_SCAN(text, pos)  # the same record, integers kept as text
+                    refused = str(error)
             except (json.JSONDecodeError, StopIteration) as error:
                 # Either the record runs past the window (read on and retry) or it is broken.
                 window.pos, window.byte_pos = pos, byte_pos
@@ -220,7 +227,10 @@ def _iter_json(path: Path) -> Iterator[RawRecord]:
             if escape_at < pos:
                 found = find_escape(text, pos)
                 escape_at = len(text) if found is None else found.start()
-            if undecodable or (escape_at < end and _has_lone_surrogate_escape(raw, value)):
+            if refused is not None:
+                yield RawRecord(ordinal, byte_pos, _printable(raw), None,
+                                ("malformed_json", f"record at byte {byte_pos}: {refused}"))
+            elif undecodable or (escape_at < end and _has_lone_surrogate_escape(raw, value)):
                 yield RawRecord(ordinal, byte_pos, _printable(raw), None, _UNDECODABLE)
             else:
                 yield RawRecord(ordinal, byte_pos, raw, value)
@@ -244,6 +254,8 @@ def _iter_json(path: Path) -> Iterator[RawRecord]:
 
 
 _DECODER = json.JSONDecoder()
+_LENIENT_SCAN = json.JSONDecoder(parse_int=str).scan_once
+"""Finds where a record ends when the default scanner refuses an over-long integer."""
 _CLOSED_TYPES = (dict, list, str)
 
 
@@ -293,7 +305,7 @@ def _iter_jsonl(path: Path) -> Iterator[RawRecord]:
             text = body.decode("utf-8", "surrogateescape")
             try:
                 value = json.loads(text)
-            except json.JSONDecodeError as error:
+            except ValueError as error:  # JSONDecodeError, or an integer over 4,300 digits
                 follower = next(lines, None)
                 repaired = _join_broken_line(body, follower)
                 if repaired is not None:
@@ -302,7 +314,8 @@ def _iter_jsonl(path: Path) -> Iterator[RawRecord]:
                 else:
                     pending = follower
                     yield RawRecord(ordinal, start, _printable(text), None,
-                                    ("malformed_json", f"line at byte {start} is not valid JSON: {error.msg}"))
+                                    ("malformed_json", f"line at byte {start} is not valid JSON: "
+                                                       f"{getattr(error, 'msg', error)}"))
                 ordinal += 1
                 continue
             yield _parsed(ordinal, start, text, value)
@@ -316,5 +329,5 @@ def _join_broken_line(body: bytes, follower: bytes | None) -> tuple[str, Any] | 
     joined = (body + b"\\n" + follower.rstrip(b"\r\n")).decode("utf-8", "surrogateescape")
     try:
         return joined, json.loads(joined)
-    except json.JSONDecodeError:
+    except ValueError:
         return None

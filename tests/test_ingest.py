@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llaso_data.corpus import UnknownStemWarning, iter_corpus, scan
+from llaso_data.corpus import UnknownStemWarning, iter_corpus, iter_file, scan
 from llaso_data.records import Rejection, Sample
 from llaso_data.readers import iter_raw_records
 from llaso_data.tasks import LLASO_TASKS, parse_file_name
@@ -305,3 +305,21 @@ def test_raw_reader_handles_single_object_and_bom(tmp_path):
 
 
 FIXTURES_LLASM = EVAL_SAMPLE.parent / "llasm_examples"
+
+
+def test_an_integer_python_refuses_rejects_only_its_record(tmp_path):
+    """An integer over Python's 4,300-digit limit is valid JSON that ``json`` refuses: the
+    record is rejected as malformed and the records around it still ingest (array and JSONL)."""
+    good = {"voice": ["a\\b.wav"], "conversations": [{"from": "human", "value": "Say it.<audio>"},
+                                                    {"from": "gpt", "value": "Yes."}]}
+    records = [json.dumps(good), json.dumps(good)[:-1] + ', "index": ' + "9" * 5000 + "}", json.dumps(good)]
+    folder = tmp_path / "text_audio"
+    folder.mkdir()
+    (folder / "ASR_test.json").write_text("[" + ",\n".join(records) + "]")
+    (folder / "vctk_gender_classification_test.jsonl").write_text("\n".join(records) + "\n")
+    for name in ("ASR_test.json", "vctk_gender_classification_test.jsonl"):
+        items = list(iter_file(tmp_path, folder / name))
+        assert [type(i).__name__ for i in items] == ["Sample", "Rejection", "Sample"], name
+        assert items[1].reason == "malformed_json" and items[1].ordinal == 1, items[1]
+        assert "4300" in items[1].detail, items[1].detail
+        assert [i.ordinal for i in items] == [0, 1, 2]
