@@ -31,11 +31,14 @@ Page cache: before EVERY timed run all audio files are read once (``cat FILES >
 same disk (a fresh folder per run, deleted afterwards).
 
 MB/s is always input audio bytes per second, so ``passthrough_over_tar`` compares like
-with like. Every method also reports ``cpu_seconds``: user + system CPU time of this
-process, its children (``tar``) and, for Ray, every process of the local Ray (driver,
-raylet, GCS, workers). On a machine shared with other work the wall-clock figures fall
-with the load; ``*_per_cpu_second`` figures say what the code costs whatever the load. Goals: ``passthrough_over_single_process`` >= 1.5 (samples/s),
+with like. Goals: ``passthrough_over_single_process`` >= 1.5 (samples/s),
 ``passthrough_over_tar`` >= 0.5 (MB/s), ``flac16k_audio_seconds_per_s_per_core`` >= 2000.
+
+Every method also reports ``cpu_seconds``: user + system CPU time of this process, its
+children (``tar``) and, for Ray, every process of the local Ray (driver, raylet, GCS,
+workers). On a machine shared with other work the wall-clock figures fall with the load
+(the 1-minute load average is reported at start and end); the ``per_cpu_second``
+figures, which the load changes far less, say what the work itself costs.
 
     python bench/convert.py                 # readable table
     python bench/convert.py --json          # one JSON object

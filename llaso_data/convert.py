@@ -80,9 +80,10 @@ class ConvertOptions:
         return (self.audio_root or corpus_root(self.source)).resolve()
 
     def fingerprint(self) -> dict:
-        """The options that determine the output bytes (paths are not among them)."""
+        """The options that determine the output bytes (paths are not among them).
+        ``format`` 2: flac16k writes FLAC level 0 (format 1 wrote libsndfile's default)."""
         return {"audio_mode": self.audio_mode, "samples_per_shard": self.samples_per_shard,
-                "seed": self.seed, "format": 1}
+                "seed": self.seed, "format": 2}
 
 
 @dataclass

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .paths import AudioPathError, locate_audio_files
+from .paths import AudioPathError, AudioRoot
 from .readers import iter_raw_records
 from .records import Rejection, Sample
 from .validate import FileContext, normalise_record
@@ -118,10 +118,10 @@ class ScanReport:
         }
 
 
-def check_audio_exists(sample: Sample, audio_root: Path) -> Sample | Rejection:
+def check_audio_exists(sample: Sample, audio_root: AudioRoot) -> Sample | Rejection:
     """The sample, or its rejection when a clip is missing or resolves outside the root."""
     try:
-        locate_audio_files(audio_root, sample.audio)
+        audio_root.locate(sample.audio)
     except AudioPathError as error:
         return Rejection(sample.source, sample.ordinal, error.reason, str(error),
                          sample.to_json(), None, sample.key)
@@ -135,10 +135,11 @@ def scan(source: Path, audio_root: Path | None = None, max_examples: int = 5) ->
     """
     report = ScanReport(max_examples=max_examples)
     root = corpus_root(source)
+    clips = AudioRoot(audio_root) if audio_root is not None else None
     for path in annotation_files(source):
         report.files += 1
         for item in iter_file(root, path):
-            if audio_root is not None and isinstance(item, Sample):
-                item = check_audio_exists(item, audio_root)
+            if clips is not None and isinstance(item, Sample):
+                item = check_audio_exists(item, clips)
             report.add(item)
     return report

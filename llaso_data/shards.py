@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .audio import AudioError, encode_clip
-from .paths import AudioPathError, resolve_under_real_root
+from .paths import AudioPathError, AudioRoot
 from .records import Rejection, Sample
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -80,12 +80,12 @@ def write_shard(out_root: Path, name: str, samples: list[Sample], audio_root: Pa
     temporary = target.with_name(target.name + ".tmp")
     result = ShardResult(manifest={})
     seconds_total = 0.0
-    real_root = os.path.realpath(audio_root)
+    clip_root = AudioRoot(audio_root)
     with open(temporary, "wb") as file:
         tar = TarStream(file)
         for sample in sorted(samples, key=lambda s: order_within_shard(s.key, seed)):
             try:
-                clips = [encode_clip(resolve_under_real_root(real_root, p), audio_mode) for p in sample.audio]
+                clips = [encode_clip(clip_root.resolve(p), audio_mode) for p in sample.audio]
             except (AudioError, AudioPathError) as error:
                 result.rejections.append(Rejection(sample.source, sample.ordinal, error.reason,
                                                    str(error), sample.to_json(), None, sample.key))
@@ -120,10 +120,16 @@ def write_shard(out_root: Path, name: str, samples: list[Sample], audio_root: Pa
 class TarStream:
     """Append regular files to an uncompressed tar on ``file``, hashing what it writes.
 
-    Headers come from :class:`tarfile.TarInfo` (PAX format, fixed owner, mode and mtime);
-    each member's data goes out in one write, with no intermediate copy. The bytes equal
-    those of ``tarfile.open(mode="w", format=PAX_FORMAT)`` + ``addfile`` + ``close``.
+    Headers are those of :class:`tarfile.TarInfo` (PAX format, fixed owner, mode and
+    mtime); each member's data goes out in one write, with no intermediate copy. The bytes
+    equal those of ``tarfile.open(mode="w", format=PAX_FORMAT)`` + ``addfile`` + ``close``.
     ``size`` counts bytes written, ``sha256`` hashes them.
+
+    A member whose name is ASCII and at most 100 bytes and whose size fits the 11 octal
+    digits of a ustar header (under 8 GiB) needs no PAX record: its header is tarfile's
+    header of an empty, unnamed member with name, size and checksum filled in (~3 us
+    instead of ~80 us through ``TarInfo.tobuf``). Any other member goes through
+    ``TarInfo.tobuf``.
     """
 
     def __init__(self, file: BinaryIO):
@@ -139,13 +145,7 @@ class TarStream:
     def add(self, name: str, data: bytes) -> int:
         """Append member ``name`` holding ``data``; returns its header's byte offset."""
         offset = self.size
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = 0
-        info.mode = 0o644
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        self._write(info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
+        self._write(_ustar_header(name, len(data)) or _pax_header(name, len(data)))
         self._write(data)
         if len(data) % tarfile.BLOCKSIZE:
             self._write(tarfile.NUL * (tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))
@@ -156,3 +156,39 @@ class TarStream:
         self._write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
         if self.size % tarfile.RECORDSIZE:
             self._write(tarfile.NUL * (tarfile.RECORDSIZE - self.size % tarfile.RECORDSIZE))
+
+
+def _member_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def _pax_header(name: str, size: int) -> bytes:
+    return _member_info(name, size).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
+# tarfile's header of an empty member with an empty name: bytes 0-100 are the name, 124-136
+# the size (11 octal digits + NUL), 148-156 the checksum (6 octal digits, NUL, space), which
+# counts as 8 spaces while it is computed.
+_TEMPLATE = _pax_header("", 0)
+_NAME_END, _SIZE, _CHECKSUM = 100, slice(124, 136), slice(148, 156)
+_TEMPLATE_SUM = sum(_TEMPLATE) - sum(_TEMPLATE[_CHECKSUM]) + 8 * ord(" ") - sum(_TEMPLATE[_SIZE])
+_MAX_USTAR_SIZE = 8 ** 11
+
+
+def _ustar_header(name: str, size: int) -> bytes | None:
+    """The header ``_pax_header`` gives for a member that needs no PAX record, or None."""
+    if not (name.isascii() and size < _MAX_USTAR_SIZE):
+        return None
+    encoded = name.encode("ascii")
+    if len(encoded) > _NAME_END:
+        return None
+    size_field = b"%011o\0" % size
+    checksum = _TEMPLATE_SUM + sum(encoded) + sum(size_field)
+    return b"".join((encoded, bytes(_NAME_END - len(encoded)), _TEMPLATE[_NAME_END:_SIZE.start], size_field,
+                     _TEMPLATE[_SIZE.stop:_CHECKSUM.start], b"%06o\0 " % checksum, _TEMPLATE[_CHECKSUM.stop:]))

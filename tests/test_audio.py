@@ -73,3 +73,17 @@ def test_wav_with_a_bad_header_is_rejected(tmp_path):
     with pytest.raises(AudioError) as caught:
         encode_clip(path, "passthrough")
     assert caught.value.reason == "audio_undecodable"
+
+
+def test_flac16k_keeps_a_16khz_mono_flac_and_rejects_a_broken_one(tmp_path):
+    path = _write(tmp_path / "clip.flac", seconds=3.0, fmt="FLAC")
+    data = path.read_bytes()
+    clip = encode_clip(path, "flac16k")
+    assert clip.data == data and clip.extension == "flac" and clip.seconds == 3.0
+    stereo = encode_clip(_write(tmp_path / "stereo.flac", seconds=3.0, channels=2, fmt="FLAC"), "flac16k")
+    assert soundfile.info(io.BytesIO(stereo.data)).channels == 1  # anything else is re-encoded
+    for broken in (data[: len(data) * 2 // 3], data[:2000] + bytes(50) + data[2050:]):
+        path.write_bytes(broken)
+        with pytest.raises(AudioError) as caught:
+            encode_clip(path, "flac16k")
+        assert caught.value.reason == "audio_undecodable"

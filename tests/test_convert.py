@@ -129,8 +129,10 @@ def test_same_input_and_options_give_byte_identical_output(corpus, reference, tm
 
 
 def test_tar_stream_writes_what_tarfile_writes(tmp_path):
+    # ustar headers (ASCII names up to 100 bytes) and PAX ones (longer or non-ASCII names)
     members = [("a.json", b"{}"), ("k" * 150 + ".audio0.wav", bytes(range(256)) * 7),
-               ("clé-ü.audio1.flac", b"x" * 512), ("empty.json", b"")]
+               ("clé-ü.audio1.flac", b"x" * 512), ("empty.json", b""), ("n" * 100, b"y" * 513),
+               ("m" * 101, b"z")]
     with open(tmp_path / "ours.tar", "wb") as file:
         stream = TarStream(file)
         offsets = [stream.add(name, data) for name, data in members]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from llaso_data.corpus import UnknownStemWarning, iter_corpus, iter_file, scan
+from llaso_data.paths import AudioPathError, AudioRoot
 from llaso_data.records import Rejection, Sample
 from llaso_data.readers import iter_raw_records
 from llaso_data.tasks import LLASO_TASKS, parse_file_name
@@ -323,3 +324,33 @@ def test_an_integer_python_refuses_rejects_only_its_record(tmp_path):
         assert items[1].reason == "malformed_json" and items[1].ordinal == 1, items[1]
         assert "4300" in items[1].detail, items[1].detail
         assert [i.ordinal for i in items] == [0, 1, 2]
+
+
+def test_audio_root_follows_symlinks_only_inside_the_root(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "clips").mkdir(parents=True)
+    outside.mkdir()
+    (root / "clips" / "real.wav").write_bytes(b"RIFF")
+    (outside / "secret.wav").write_bytes(b"RIFF")
+    (root / "clips" / "inner.wav").symlink_to(root / "clips" / "real.wav")
+    (root / "clips" / "leak.wav").symlink_to(outside / "secret.wav")
+    (root / "linked_dir").symlink_to(outside, target_is_directory=True)
+    (root / "alias").symlink_to(root / "clips", target_is_directory=True)
+    audio = AudioRoot(root)
+    assert audio.resolve("clips/real.wav") == (root / "clips" / "real.wav").resolve()
+    assert audio.resolve("clips/inner.wav") == (root / "clips" / "real.wav").resolve()
+    assert audio.resolve("alias/real.wav") == (root / "clips" / "real.wav").resolve()
+    for escaping in ("clips/leak.wav", "linked_dir/secret.wav", "linked_dir/missing.wav"):
+        for _ in range(2):  # the second time the folder's real path comes from the cache
+            with pytest.raises(AudioPathError) as caught:
+                audio.resolve(escaping)
+            assert caught.value.reason == "audio_path_escapes_root"
+    assert audio.locate(("clips/real.wav", "alias/inner.wav")) == [(root / "clips" / "real.wav").resolve()] * 2
+    with pytest.raises(AudioPathError) as caught:
+        audio.locate(("clips/real.wav", "clips/absent.wav"))
+    assert caught.value.reason == "audio_missing" and caught.value.path == "clips/absent.wav"
+    # a root that is itself reached through a symlink confines to its target
+    (tmp_path / "root_link").symlink_to(root, target_is_directory=True)
+    assert AudioRoot(tmp_path / "root_link").resolve("alias/real.wav") == (root / "clips" / "real.wav").resolve()
+    with pytest.raises(AudioPathError):
+        AudioRoot(tmp_path / "root_link").resolve("clips/leak.wav")
