@@ -10,7 +10,9 @@ compresses it about as well as speech. About 2.6 GB for 10,000 records: real cor
 millions, so the default is large enough that Ray's fixed cost per conversion (reported
 on its own, below) is small next to the work, as it is on a real corpus.
 
-Then it measures, on that same corpus (best of ``--repeats`` runs each, default 2):
+Then it measures, on that same corpus, in ``--repeats`` rounds (default 3) that run every
+method once in turn, so that all of them meet the machine in the same states (the best
+run of each counts):
 
 * ``tar``: ``tar -cf OUT -C ROOT -T filelist`` of every audio file (the raw copy rate);
 * ``single_process_shardwriter``: what a user would write: one process iterates
@@ -27,8 +29,9 @@ Then it measures, on that same corpus (best of ``--repeats`` runs each, default 
   count, write including the shuffle, finish).
 
 Page cache: before EVERY timed run all audio files are read once (``cat FILES >
-/dev/null``), so every method starts with the audio in a warm cache; output goes to the
-same disk (a fresh folder per run, deleted afterwards).
+/dev/null``), so every method starts with the audio in a warm cache, and ``sync`` flushes
+what earlier runs wrote; output goes to the same disk (a fresh folder per run, deleted
+afterwards).
 
 MB/s is always input audio bytes per second, so ``passthrough_over_tar`` compares like
 with like. Goals: ``passthrough_over_single_process`` >= 1.5 (samples/s),
@@ -268,7 +271,7 @@ def profile_write_shard(root: Path, scratch: Path, mode: str, limit: int, top: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=10_000)
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per method; the best counts")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method; the best counts")
     parser.add_argument("--cpus", type=int, default=2, help="num_cpus of the local Ray")
     parser.add_argument("--workdir", type=Path, default=None, help="parent of the temporary folder")
     parser.add_argument("--json", action="store_true")
@@ -289,21 +292,12 @@ def main() -> None:
         files = corpus["files"]
         mb = corpus["bytes"] / 2**20
 
-        def timed(method, *extra) -> dict:
-            runs = []
-            for _ in range(args.repeats):
-                warm_cache(root, files)
-                runs.append(method(*extra))
-            return best(runs)
-
-        tar = timed(run_tar, root, files, scratch)
-        single = timed(run_single_process, root, scratch)
         for mode in args.profile:
             profile_write_shard(root, scratch, mode, args.profile_samples)
-
+        methods = {"tar": (run_tar, root, files, scratch), "single": (run_single_process, root, scratch)}
         ray_cpus = None
-        passthrough = flac = None
         cold, warm_tiny = {}, 0.0
+        ray_started = False
         if not args.skip_ray:
             import ray
             from llaso_data.ray_local import init_ray
@@ -313,16 +307,27 @@ def main() -> None:
             except Exception:  # a busy machine can time out the first start; try once more
                 ray.shutdown()
                 init_ray(None, num_cpus=args.cpus)
-            try:
-                ray_cpus = int(ray.cluster_resources().get("CPU", args.cpus))
-                warm_root = tmp / "warmup"
-                write_corpus(warm_root, 8)
-                cold = {mode: run_ray(warm_root, scratch, mode)["seconds"] for mode in ("passthrough", "flac16k")}
-                warm_tiny = run_ray(warm_root, scratch, "passthrough")["seconds"]
-                passthrough = timed(run_ray, root, scratch, "passthrough")
-                flac = timed(run_ray, root, scratch, "flac16k")
-            finally:
+            ray_started = True
+            ray_cpus = int(ray.cluster_resources().get("CPU", args.cpus))
+            warm_root = tmp / "warmup"
+            write_corpus(warm_root, 8)
+            cold = {mode: run_ray(warm_root, scratch, mode)["seconds"] for mode in ("passthrough", "flac16k")}
+            warm_tiny = run_ray(warm_root, scratch, "passthrough")["seconds"]
+            methods["passthrough"] = (run_ray, root, scratch, "passthrough")
+            methods["flac16k"] = (run_ray, root, scratch, "flac16k")
+        runs: dict[str, list[dict]] = {name: [] for name in methods}
+        try:
+            for _ in range(args.repeats):  # round robin: every method sees the machine in the same state
+                for name, (method, *extra) in methods.items():
+                    warm_cache(root, files)
+                    os.sync()  # no write-back of an earlier run's output during this one
+                    runs[name].append(method(*extra))
+        finally:
+            if ray_started:
                 ray.shutdown()
+        tar, single = best(runs["tar"]), best(runs["single"])
+        passthrough = best(runs["passthrough"]) if "passthrough" in runs else None
+        flac = best(runs["flac16k"]) if "flac16k" in runs else None
 
     n, audio_s = args.samples, corpus["seconds"]
     figures: dict = {
