@@ -81,9 +81,11 @@ class ConvertOptions:
 
     def fingerprint(self) -> dict:
         """The options that determine the output bytes (paths are not among them).
-        ``format`` 2: flac16k writes FLAC level 0 (format 1 wrote libsndfile's default)."""
+        ``format`` 3: flac16k writes libFLAC level 0 in 4,096-sample frames and keeps a
+        16 kHz mono 16-bit FLAC source as it is (format 1 wrote libsndfile's default level;
+        an OUT converted with another format is refused, not mixed)."""
         return {"audio_mode": self.audio_mode, "samples_per_shard": self.samples_per_shard,
-                "seed": self.seed, "format": 2}
+                "seed": self.seed, "format": 3}
 
 
 @dataclass
