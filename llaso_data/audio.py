@@ -17,9 +17,9 @@ Two modes:
 
 * ``flac16k`` decodes the whole clip, downmixes to mono, resamples to 16 kHz with soxr
   (``HQ``, on float32) and writes 16-bit FLAC with libFLAC (through ``pyflac``) at
-  compression level 0 in frames of 4,096 samples. Level 0 (fixed predictors) gives files
-  0.2 to 1.2 % larger than the default level 5 on 16 kHz speech; the long frames halve
-  the per-frame work of level 0's usual 1,152. Measured on the conversion benchmark's
+  compression level 0 in frames of 4,096 samples: fixed predictors, files ~2 % larger
+  than libsndfile's default level 5 on the conversion benchmark's speech-like corpus,
+  and a quarter of the frames (and per-frame work) of level 0's usual 1,152. Measured on the conversion benchmark's
   clips, one core: ~4,800 audio-seconds encoded per CPU-second against ~4,100 for
   libsndfile at level 0 (``soundfile.write``, which cannot set the frame size) and
   ~3,700 at its default level. 16-bit sources are decoded to
