@@ -18,15 +18,15 @@ Two modes:
 * ``flac16k`` decodes the whole clip, downmixes to mono, resamples to 16 kHz with soxr
   (``HQ``, on float32) and writes 16-bit FLAC with libFLAC (through ``pyflac``) at
   compression level 0 in frames of 4,096 samples: fixed predictors, files ~2 % larger
-  than libsndfile's default level 5 on the conversion benchmark's speech-like corpus,
-  and a quarter of the frames (and per-frame work) of level 0's usual 1,152. Measured on the conversion benchmark's
-  clips, one core: ~4,800 audio-seconds encoded per CPU-second against ~4,100 for
-  libsndfile at level 0 (``soundfile.write``, which cannot set the frame size) and
-  ~3,700 at its default level. 16-bit sources are decoded to
-  int16 (exact, and cheaper than float32 for FLAC; a 16-bit PCM WAV's samples are read
-  straight from its data chunk); a 16 kHz mono 16-bit clip is encoded as it is, except a
-  16 kHz mono 16-bit FLAC (LibriSpeech's format), whose original bytes are kept once the
-  whole clip has decoded (decoding costs about half of re-encoding).
+  than libsndfile's default level 5 on the conversion benchmark's speech-like corpus, and
+  a quarter of the frames (and per-frame work) of level 0's usual 1,152. Measured on the
+  benchmark's clips, one core: ~4,800 audio-seconds encoded per CPU-second against
+  ~4,100 for libsndfile at level 0 (``soundfile.write``, which cannot set the frame
+  size) and ~3,700 at its default level. 16-bit sources are decoded to int16 (exact,
+  and cheaper than float32 for FLAC; a 16-bit PCM WAV's samples are read straight from
+  its data chunk); a 16 kHz mono 16-bit clip is encoded as it is, except a 16 kHz mono
+  16-bit FLAC (LibriSpeech's format), whose original bytes are kept once the whole clip
+  has decoded (decoding costs about half of re-encoding).
 
 Failures raise :class:`AudioError` with a rejection reason: ``audio_missing``,
 ``audio_undecodable`` or ``audio_empty``.
@@ -44,11 +44,12 @@ import pyflac
 import soundfile
 import soxr
 
+from .waveform import PCM16_SCALE
+
 AUDIO_MODES = ("passthrough", "flac16k")
 TARGET_RATE = 16_000
 _CHECK_FRAMES = 4096
 _MAX_CHANNELS = 1024  # libsndfile refuses more
-_INT16_SCALE = np.float32(1 / 32768)  # libsndfile's int16 -> float normalisation
 _FLOAT_TO_INT16 = np.float32(32768)  # and its float -> 16-bit FLAC one
 _FLAC_LEVEL = 0  # fixed predictors: see the module docstring
 _FLAC_BLOCK = 4096  # samples a frame (256 ms at 16 kHz): level 0 alone would use 1,152
@@ -198,7 +199,7 @@ def _mono_float32(samples: np.ndarray) -> np.ndarray:
         for channel in range(1, channels):
             total += samples[:, channel]
         mono = total.astype(np.float32)
-        mono *= _INT16_SCALE
+        mono *= np.float32(PCM16_SCALE)
     else:
         mono = samples[:, 0].copy()
         for channel in range(1, channels):

@@ -210,6 +210,7 @@ def load_exported(export_dir: Path | str, attention: str = "auto") -> tuple[Spee
     encoder = WhisperEncoder.from_pretrained(export_dir / "encoder", attn_implementation=attention)
     lm = AutoModelForCausalLM.from_pretrained(export_dir / "lm", attn_implementation=attention)
     projector = Projector(encoder.config.d_model, lm.config.hidden_size, settings.stack)
-    projector.load_state_dict(load_file(str(export_dir / PROJECTOR_FILE)))
     audio_pad = special_token_ids(tokenizer, settings.fmt)[settings.fmt.audio_pad]
-    return SpeechLM(encoder, projector, lm, audio_pad).eval(), tokenizer, settings
+    model = SpeechLM(encoder, projector, lm, audio_pad)
+    load_projector(model, export_dir / PROJECTOR_FILE)
+    return model.eval(), tokenizer, settings
