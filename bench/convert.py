@@ -16,8 +16,8 @@ run of each counts):
 
 * ``tar``: ``tar -cf OUT -C ROOT -T filelist`` of every audio file (the raw copy rate);
 * ``single_process_shardwriter``: what a user would write: one process iterates
-  ``llaso_data.corpus.iter_corpus``, reads each clip's bytes, checks that they decode
-  with the same check the pipeline applies in passthrough (``llaso_data.audio.check_decodes``)
+  ``llaso_data.ingest.corpus.iter_corpus``, reads each clip's bytes, checks that they decode
+  with the same check the pipeline applies in passthrough (``llaso_data.convert.transcode.check_decodes``)
   and writes json + audio with ``webdataset.ShardWriter(maxcount=1000)``;
 * ``ray_passthrough`` / ``ray_flac16k``: ``llaso_data.convert.convert`` with
   ``samples_per_shard=1000`` on a local Ray with ``--cpus`` CPUs (default 2). The wall
@@ -195,8 +195,8 @@ def run_tar(root: Path, files: list[str], scratch: Path) -> dict:
 def run_single_process(root: Path, scratch: Path) -> dict:
     """iter_corpus + read bytes + check_decodes + webdataset.ShardWriter(maxcount=1000)."""
     import webdataset
-    from llaso_data.audio import check_decodes
-    from llaso_data.corpus import iter_corpus
+    from llaso_data.convert.transcode import check_decodes
+    from llaso_data.ingest.corpus import iter_corpus
     from llaso_data.records import Sample
 
     out = scratch / "wds"
@@ -222,7 +222,7 @@ def run_single_process(root: Path, scratch: Path) -> dict:
 
 
 def run_ray(root: Path, scratch: Path, mode: str) -> dict:
-    from llaso_data.convert import ConvertOptions, convert
+    from llaso_data.convert.pipeline import ConvertOptions, convert
 
     out = scratch / f"ray-{mode}"
     cpu, start = cpu_seconds(), time.perf_counter()
@@ -245,9 +245,9 @@ def best(runs: list[dict]) -> dict:
 
 def profile_write_shard(root: Path, scratch: Path, mode: str, limit: int, top: int = 25) -> None:
     """cProfile ``write_shard`` (one process, no Ray) on the first ``limit`` samples."""
-    from llaso_data.corpus import iter_corpus
+    from llaso_data.ingest.corpus import iter_corpus
     from llaso_data.records import Sample
-    from llaso_data.shards import write_shard
+    from llaso_data.convert.shard_writer import write_shard
 
     samples = [s for s in iter_corpus(root) if isinstance(s, Sample)][:limit]
     warm_cache(root, [a for s in samples for a in s.audio])
@@ -300,7 +300,7 @@ def main() -> None:
         ray_started = False
         if not args.skip_ray:
             import ray
-            from llaso_data.ray_local import init_ray
+            from llaso_data.convert.ray_local import init_ray
 
             try:
                 init_ray(None, num_cpus=args.cpus)

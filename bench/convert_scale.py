@@ -97,8 +97,8 @@ def du_bytes(path: Path) -> int:
 def child(source: Path, out: Path, object_store_gb: float, cpus: int) -> dict:
     import ray
 
-    from llaso_data.convert import ConvertOptions, convert
-    from llaso_data.ray_local import init_ray
+    from llaso_data.convert.pipeline import ConvertOptions, convert
+    from llaso_data.convert.ray_local import init_ray
 
     rss_start = peak_rss_mb()
     init_ray(None, num_cpus=cpus, object_store_gb=object_store_gb)

@@ -6,7 +6,7 @@ tests/fixtures cycled with a unique ``index`` and voice path, pretty-printed as 
 Then it measures in fresh child
 processes, one after the other, on the same file:
 
-* ``stream``: ``llaso_data.corpus.scan``, what ``llaso-shard scan FILE`` runs (read +
+* ``stream``: ``llaso_data.ingest.corpus.scan``, what ``llaso-shard scan FILE`` runs (read +
   validate + build samples + count them);
 * ``json_load``: ``json.load`` of the whole file (what LLaSO's loader does per rank).
 
@@ -54,7 +54,7 @@ def peak_rss_mb() -> float:
 
 
 def child_stream(path: Path) -> dict:
-    from llaso_data.corpus import scan
+    from llaso_data.ingest.corpus import scan
 
     report = scan(path)
     return {"records": report.read, "rejected": report.read - report.valid}

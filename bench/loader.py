@@ -52,7 +52,7 @@ Everything runs in one call, in a temporary folder under ``--workdir`` (deleted 
    planning and the batch itself), and its peak RSS (``VmHWM``). Best of ``--repeats``
    (time: minimum; RSS: maximum). Goals: < 5 s and < 1 GB per rank.
 
-4. **Padding ratio** (``llaso_data.plan.padding_ratio``) of dynamic batches
+4. **Padding ratio** (``llaso_data.stream.plan.padding_ratio``) of dynamic batches
    (``Batching(batch_size=None, max_tokens=4000)``) against fixed batches of 8 on the
    realistic corpus (one rank).
 
@@ -194,8 +194,8 @@ def cpu_seconds() -> float:
 
 def stream_epoch(out: Path, workers: int) -> dict:
     """One epoch of the stream, planning included: samples, seconds, CPU seconds."""
-    from llaso_data.plan import Batching, PlanConfig, Selection
-    from llaso_data.stream import ShardStream, StreamConfig, StreamLoader
+    from llaso_data.stream.plan import Batching, PlanConfig, Selection
+    from llaso_data.stream.loader import ShardStream, StreamConfig, StreamLoader
 
     cpu, started = cpu_seconds(), time.perf_counter()
     config = StreamConfig(out, PlanConfig(selection=Selection(None), batching=Batching(batch_size=8)))
@@ -266,7 +266,7 @@ def epoch_child(kind: str, path: str, audio_root: str, workers: int, limit: int)
     _llaso_imports()
     import torch  # noqa: F401  (imports before the clock)
 
-    import llaso_data.stream  # noqa: F401
+    import llaso_data.stream.loader  # noqa: F401
     if kind == "stream":
         result = stream_epoch(Path(path), workers)
     else:
@@ -383,8 +383,8 @@ def first_batch_child(out: str, world_size: int, profile: str | None) -> None:
     _llaso_imports()
     import torch  # noqa: F401
 
-    from llaso_data.plan import Batching, PlanConfig, Selection
-    from llaso_data.stream import ShardStream, StreamConfig, StreamLoader
+    from llaso_data.stream.plan import Batching, PlanConfig, Selection
+    from llaso_data.stream.loader import ShardStream, StreamConfig, StreamLoader
 
     imported = time.perf_counter()
     result = {"interpreter_s": round(import_started - _STARTED, 3), "import_s": round(imported - import_started, 3),
@@ -457,7 +457,7 @@ def run_first_batch(out: Path, world_size: int, repeats: int, profile: str | Non
 def padding(out: Path) -> dict:
     import numpy as np
 
-    from llaso_data.plan import Batching, PlanConfig, Selection, padding_ratio, plan_rank
+    from llaso_data.stream.plan import Batching, PlanConfig, Selection, padding_ratio, plan_rank
 
     result = {}
     for label, batching in (("dynamic_max_tokens_4000", Batching(batch_size=None, max_tokens=4000)),
@@ -530,8 +530,8 @@ def main(argv: list[str] | None = None) -> int:
         _log("converting (local Ray, 2 CPUs)", quiet)
         import ray
 
-        from llaso_data.convert import ConvertOptions, convert
-        from llaso_data.ray_local import init_ray
+        from llaso_data.convert.pipeline import ConvertOptions, convert
+        from llaso_data.convert.ray_local import init_ray
 
         init_ray(None, num_cpus=2)
         try:

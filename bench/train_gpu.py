@@ -20,7 +20,7 @@ What runs (one process, one rank):
   ZeRO-3 partitions nothing across ranks; it is still the recipe's code path.
 * **Data.** The REAL loader (``llaso_train.recipe.build_loader``: ``ShardStream`` +
   ``StreamLoader``) over a converted shard folder ``--shards`` (e.g. ``shards/demo`` from
-  ``./scripts/demo.sh``) rendered with the tiny tokenizer (``llaso_data.chat.tiny_tokenizer``;
+  ``./scripts/demo.sh``) rendered with the tiny tokenizer (``llaso_data.stream.chat.tiny_tokenizer``;
   its ~1,000 ids fit in the 128,256-row embedding, which is only resized when smaller).
   Batches by ``--batch-size`` or ``--max-tokens``; ``--num-workers`` loader processes.
   When the epoch runs out the next epoch starts (new loader workers; counted in
@@ -225,7 +225,7 @@ def _sync() -> None:
 def run(args: argparse.Namespace) -> dict:
     import deepspeed
 
-    from llaso_data.chat import ChatFormat, special_token_ids
+    from llaso_data.stream.chat import ChatFormat, special_token_ids
     from llaso_train.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
     from llaso_train.model import build_model, pick_attention
     from llaso_train.recipe import _seed_everything, build_loader, build_tokenizer, deepspeed_config, freeze_for_stage

@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .corpus import ScanReport, UnknownStemWarning, scan
+from llaso_data.ingest.corpus import ScanReport, UnknownStemWarning, scan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +66,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from .synth import write_corpus
+    from llaso_synth.corpus import write_corpus
 
     try:
         summary = write_corpus(args.out, seed=args.seed, samples_per_task=args.samples_per_task, faults=args.faults)
@@ -93,7 +93,7 @@ def _run_scan(args: argparse.Namespace) -> int:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from .convert import ConvertOptions
+    from llaso_data.convert.pipeline import ConvertOptions
 
     options = ConvertOptions(args.src, args.out, args.audio_root, args.audio, args.samples_per_shard, args.seed)
     return run_conversion(options, args.address, args.num_cpus)
@@ -104,8 +104,8 @@ def run_conversion(options, address: str | None, num_cpus: int | None = None) ->
     Exit status 0 when the accounting identity holds, 1 when it fails, 2 on bad options."""
     import ray
 
-    from .convert import ConversionError, convert
-    from .ray_local import init_ray
+    from llaso_data.convert.pipeline import ConversionError, convert
+    from llaso_data.convert.ray_local import init_ray
 
     if not options.source.exists():
         print(f"llaso-shard convert: {options.source}: no such file or folder", file=sys.stderr)
@@ -137,7 +137,7 @@ def run_conversion(options, address: str | None, num_cpus: int | None = None) ->
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from .verify import verify
+    from llaso_data.convert.verify import verify
 
     report = verify(args.out)
     for shard, problems in sorted(report.problems.items()):
@@ -150,7 +150,7 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 
 def _run_stats(args: argparse.Namespace) -> int:
-    from .stats import corpus_stats, format_stats_table, write_chart
+    from llaso_data.convert.stats import corpus_stats, format_stats_table, write_chart
 
     try:
         rows = corpus_stats(args.out)

@@ -134,6 +134,25 @@ class Sample:
         return cls.from_dict(json.loads(text))
 
 
+REJECT_REASONS: dict[str, str] = {
+    "malformed_json": "the file is not valid JSON from this point (truncated or broken)",
+    "undecodable_text": "the record's text is not valid UTF-8",
+    "not_an_object": "the array element is not a JSON object",
+    "missing_turns": "no conversation, or no assistant turn to learn from",
+    "misordered_turns": "turns do not alternate user/assistant starting with the user",
+    "bad_field_type": "a field has the wrong type (voice, conversations or a turn value)",
+    "audio_count_mismatch": "the number of <audio> placeholders differs from the number of voice paths",
+    "absolute_audio_path": "a voice path is absolute",
+    "audio_path_escapes_root": "a voice path leaves the audio root",
+    "empty_label": "the last assistant turn is empty",
+    "audio_missing": "an audio file does not exist",
+    "audio_undecodable": "an audio file cannot be decoded",
+    "audio_empty": "an audio file has no samples",
+}
+"""Every reason a record can be rejected for, with what it means: the one catalogue that
+readers, validation, conversion and the synthetic corpus's faults draw from."""
+
+
 @dataclass(frozen=True)
 class Rejection:
     """An input record that could not become a sample.
@@ -142,7 +161,7 @@ class Rejection:
         source: source file relative to the corpus root.
         ordinal: 0-based record position in the file (for a fault that ends a JSON array,
             the position the next record would have had).
-        reason: a machine-readable reason (see ``llaso_data.validate.REASONS``).
+        reason: a machine-readable reason (one of :data:`REJECT_REASONS`).
         detail: a human-readable explanation naming what is wrong.
         raw: the raw record text as far as it could be recovered (may be truncated).
         byte_offset: byte offset of the record (or the fault) in the source file, if known.
@@ -156,6 +175,10 @@ class Rejection:
     raw: str = ""
     byte_offset: int | None = None
     key: str | None = None
+
+    def __post_init__(self):
+        if self.reason not in REJECT_REASONS:
+            raise ValueError(f"unknown rejection reason {self.reason!r}; add it to REJECT_REASONS")
 
     def to_dict(self) -> dict[str, Any]:
         return {

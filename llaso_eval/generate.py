@@ -24,11 +24,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from llaso_data.chat import renderer, special_token_ids
+from llaso_data.stream.chat import renderer, special_token_ids
 from llaso_data.manifest import INDEX_FILE
-from llaso_data.plan import Batching, PlanConfig, Selection
+from llaso_data.stream.plan import Batching, PlanConfig, Selection
 from llaso_data.records import Sample
-from llaso_data.stream import ShardStream, StreamConfig, StreamLoader
+from llaso_data.stream.loader import ShardStream, StreamConfig, StreamLoader
 
 from .predictions import GENERATION_SUMMARY
 

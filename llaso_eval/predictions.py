@@ -14,7 +14,7 @@ What the scorer reads from a record, and nothing else:
   read as its JSON text.
 * optionally ``key`` (else ``index``, else ``id``): how messages name the record.
 
-JSON arrays and JSONL are read by :func:`llaso_data.readers.iter_raw_records` (record by
+JSON arrays and JSONL are read by :func:`llaso_data.ingest.readers.iter_raw_records` (record by
 record, JSONL split on ``\\n`` only so U+0085 in MELD text is safe, a line broken by a raw
 newline repaired). A record that cannot be scored (malformed JSON, not an object, no
 usable turns, empty reference, a prediction that is a list or object) becomes a
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llaso_data.corpus import annotation_files
-from llaso_data.readers import iter_raw_records
+from llaso_data.ingest.corpus import annotation_files
+from llaso_data.ingest.readers import iter_raw_records
 from llaso_data.tasks import StemInfo, parse_file_name
 
 PREDICTION_FIELDS = ("answer", "result", "prediction")

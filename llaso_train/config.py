@@ -10,6 +10,9 @@ from typing import Any
 
 import yaml
 
+from llaso_data.frontend import FRAMES_PER_CHUNK, FRAMES_PER_SECOND
+from llaso_data.stream.plan import Batching, Mixing, Selection
+
 STAGES = ("align", "instruct")
 
 
@@ -20,8 +23,8 @@ class ModelConfig:
     ``encoder``: a Whisper checkpoint directory, or a dict of ``WhisperConfig`` fields for a
     randomly initialised encoder. ``lm``: a causal-LM checkpoint directory, or a dict of config
     fields with ``model_type`` (e.g. ``llama``). ``tokenizer``: a tokenizer directory, or
-    ``"tiny"`` for the deterministic from-scratch tokenizer of ``llaso_data.chat``.
-    ``stack``: encoder frames stacked per projector input (Whisper gives 50 frames/s).
+    ``"tiny"`` for the deterministic from-scratch tokenizer of ``llaso_data.stream.chat``.
+    ``stack``: encoder frames stacked per projector input (Whisper gives FRAMES_PER_SECOND = 50 frames/s).
     ``attn_implementation``: ``auto`` picks ``flash_attention_2`` when importable on a GPU,
     else ``sdpa``.
     """
@@ -39,15 +42,15 @@ class ModelConfig:
             raise ValueError("model.encoder and model.lm are required")
         if self.projector != "mlp2x_gelu":
             raise ValueError(f"unknown projector {self.projector!r}; only mlp2x_gelu is implemented")
-        if self.stack < 1 or 1500 % self.stack:
-            raise ValueError("model.stack must divide Whisper's 1500 encoder frames per chunk")
+        if self.stack < 1 or FRAMES_PER_CHUNK % self.stack:
+            raise ValueError(f"model.stack must divide Whisper's {FRAMES_PER_CHUNK} encoder frames per chunk")
         if self.attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
             raise ValueError(f"unknown attn_implementation {self.attn_implementation!r}")
 
 
 @dataclass
 class DataConfig:
-    """Which shards, how mixed and batched (see ``llaso_data.plan``). ``max_tokens``
+    """Which shards, how mixed and batched (see ``llaso_data.stream.plan``). ``max_tokens``
     budgets use ``chars_per_token`` to estimate text tokens from characters: calibrate it
     for the tokenizer in use (about 4 for Llama-3 on English, about 2 for the tiny one)."""
 
@@ -67,10 +70,24 @@ class DataConfig:
     max_chunks: int = 20
 
     def __post_init__(self):
-        if (self.batch_size is None) == (self.max_tokens is None):
-            raise ValueError("set exactly one of data.batch_size and data.max_tokens")
+        try:  # the planner's own rules, so they are stated once
+            self.selection(), self.mixing_rule(), self.batching(stack=1)
+        except ValueError as error:
+            raise ValueError(f"data: {error}") from None
         if self.num_workers < 0:
             raise ValueError("data.num_workers must be >= 0")
+
+    def selection(self) -> Selection:
+        return Selection(*(None if v is None else tuple(v) for v in (self.splits, self.modalities, self.tasks)))
+
+    def mixing_rule(self) -> Mixing:
+        return Mixing(self.mixing, self.temperature, self.weights)
+
+    def batching(self, stack: int) -> Batching:
+        """The planner's batching for a projector stacking ``stack`` encoder frames (audio
+        costs ``FRAMES_PER_SECOND / stack`` tokens per second)."""
+        return Batching(batch_size=self.batch_size, max_tokens=self.max_tokens,
+                        audio_tokens_per_second=FRAMES_PER_SECOND / stack, chars_per_token=self.chars_per_token)
 
 
 @dataclass

@@ -13,7 +13,18 @@ from __future__ import annotations
 import torch
 from transformers.audio_utils import mel_filter_bank
 
-__all__ = ["WhisperLogMel"]
+from llaso_data.frontend import CHUNK_SECONDS, PCM16_SCALE, SAMPLE_RATE
+
+__all__ = ["WhisperLogMel", "float_chunks"]
+
+
+def float_chunks(chunks: torch.Tensor) -> torch.Tensor:
+    """A batch's ``chunks`` (C, N) (int16 PCM or float32, on any device) as float32 in
+    [-1, 1]: int16 becomes ``x / 32768`` exactly (every int16 is a float32, and the scale is
+    a power of 2), the float32 soundfile would have decoded."""
+    if chunks.dtype == torch.int16:
+        return chunks.to(torch.float32) * PCM16_SCALE
+    return chunks.to(torch.float32)
 
 
 class WhisperLogMel(torch.nn.Module):
@@ -38,10 +49,10 @@ class WhisperLogMel(torch.nn.Module):
     def __init__(
         self,
         n_mels: int = 128,
-        sampling_rate: int = 16000,
+        sampling_rate: int = SAMPLE_RATE,
         n_fft: int = 400,
         hop_length: int = 160,
-        chunk_seconds: int = 30,
+        chunk_seconds: int = int(CHUNK_SECONDS),
     ) -> None:
         super().__init__()
         self.n_mels = int(n_mels)

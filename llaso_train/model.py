@@ -1,7 +1,7 @@
 """The speech LM: Whisper encoder -> frame-stacking MLP projector -> causal LM.
 
 Shapes: ``B`` samples, ``T`` tokens, ``C`` audio chunks in the batch (30 s windows),
-``F = 1500 / stack`` projected frames per chunk, ``D`` encoder width, ``H`` LM width.
+``F = FRAMES_PER_CHUNK / stack`` (1,500 / stack) projected frames per chunk, ``D`` encoder width, ``H`` LM width.
 """
 
 from __future__ import annotations
@@ -18,19 +18,19 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder, WhisperModel
 
-from llaso_data.chat import ChatFormat, special_token_ids
-from llaso_data.stream import float_chunks
-from llaso_data.waveform import WaveformConfig
+from llaso_data.frontend import FRAMES_PER_CHUNK, SAMPLE_RATE
+from llaso_data.stream.chat import ChatFormat, special_token_ids
+from llaso_data.stream.windows import WaveformConfig
 
 from .config import ModelConfig
-from .features import WhisperLogMel
+from .features import WhisperLogMel, float_chunks
 
 PROJECTOR_FILE = "projector.safetensors"
 SETTINGS_FILE = "llaso.json"
 
 
 class Projector(nn.Module):
-    """``mlp2x_gelu`` over stacked frames: (C, 1500, D) -> (C, 1500 / stack, H)."""
+    """``mlp2x_gelu`` over stacked frames: (C, FRAMES_PER_CHUNK, D) -> (C, FRAMES_PER_CHUNK / stack, H)."""
 
     def __init__(self, encoder_width: int, lm_width: int, stack: int):
         super().__init__()
@@ -65,7 +65,7 @@ class SpeechLM(nn.Module):
 
         ``input_ids``: (B, T); ``chunks``: (C, S) 16 kHz waveforms, int16 PCM or float32
         (converted to float32 here, on the model's device, by
-        :func:`llaso_data.stream.float_chunks`), with ``chunk_lengths`` (C,); chunk ``i``
+        :func:`llaso_train.features.float_chunks`), with ``chunk_lengths`` (C,); chunk ``i``
         fills ``chunk_tokens[i]`` placeholders of sample ``chunk_sample[i]`` from position
         ``chunk_start[i]``. Returns ``(embeds (B, T, H), audio_term)`` where ``audio_term``
         is a zero scalar tied to the encoder and projector when the batch has no audio (add
@@ -73,11 +73,11 @@ class SpeechLM(nn.Module):
         """
         dummy = chunks.shape[0] == 0
         if dummy:
-            chunks = torch.zeros((1, 16000), device=input_ids.device)
-            chunk_lengths = torch.full((1,), 16000, device=input_ids.device)
+            chunks = torch.zeros((1, SAMPLE_RATE), device=input_ids.device)      # 1 s of silence
+            chunk_lengths = torch.full((1,), SAMPLE_RATE, device=input_ids.device)
         encoder_dtype = next(self.encoder.parameters()).dtype
         features = self.mel(float_chunks(chunks), chunk_lengths).to(encoder_dtype)
-        frames = self.encoder(features).last_hidden_state           # (C, 1500, D)
+        frames = self.encoder(features).last_hidden_state           # (C, FRAMES_PER_CHUNK, D)
         projected = self.projector(frames)                          # (C, F, H)
         embeds = self.lm.get_input_embeddings()(input_ids)          # (B, T, H)
         if dummy:
@@ -170,7 +170,7 @@ class ExportSettings:
 
     ``stack``: encoder frames per projector output; ``max_chunks``: 30 s windows kept per clip;
     ``max_length``: the training sequence length in tokens; ``chat_format``: the
-    :class:`llaso_data.chat.ChatFormat` fields.
+    :class:`llaso_data.stream.chat.ChatFormat` fields.
     """
 
     stack: int

@@ -1,5 +1,5 @@
 """The training recipe: setup, train, save. Side effects (process group, files, printing)
-live here; the pieces it assembles are pure (``config``, ``model``, ``llaso_data.stream``).
+live here; the pieces it assembles are pure (``config``, ``model``, ``llaso_data.stream.loader``).
 
 Launch: ``torchrun --nproc_per_node N -m llaso_train --config FILE [key=value ...]``.
 """
@@ -19,10 +19,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from llaso_data.chat import ChatFormat, ensure_chat_tokens, renderer, special_token_ids, tiny_tokenizer
-from llaso_data.plan import Batching, Mixing, PlanConfig, Selection
-from llaso_data.stream import ShardStream, StreamConfig, StreamLoader
-from llaso_data.waveform import WaveformConfig
+from llaso_data.frontend import SAMPLE_RATE
+from llaso_data.stream.chat import ChatFormat, ensure_chat_tokens, renderer, special_token_ids, tiny_tokenizer
+from llaso_data.stream.plan import PlanConfig
+from llaso_data.stream.loader import ShardStream, StreamConfig, StreamLoader
+from llaso_data.stream.windows import WaveformConfig
 
 from .config import TrainConfig, to_dict
 from .model import PROJECTOR_FILE, ExportSettings, SpeechLM, build_model, load_projector
@@ -65,20 +66,12 @@ def _min_over_ranks(count: int) -> int:
 def build_loader(config: TrainConfig, tokenizer, fmt: ChatFormat, rank: int, world: int) -> StreamLoader:
     data = config.data
     plan = PlanConfig(
-        selection=Selection(_tuple(data.splits), _tuple(data.modalities), _tuple(data.tasks)),
-        mixing=Mixing(data.mixing, data.temperature, data.weights),
-        batching=Batching(batch_size=data.batch_size, max_tokens=data.max_tokens,
-                          audio_tokens_per_second=50 / config.model.stack,
-                          chars_per_token=data.chars_per_token),
+        selection=data.selection(), mixing=data.mixing_rule(), batching=data.batching(config.model.stack),
         seed=config.seed, shuffle_block=data.shuffle_block)
     stream = StreamConfig(Path(data.shards), plan, WaveformConfig(max_chunks=data.max_chunks, stack=config.model.stack))
     dataset = ShardStream(stream, rank, world, render=renderer(tokenizer, fmt, data.max_length),
                           pad_id=tokenizer.pad_token_id, agree=_min_over_ranks if world > 1 else None)
     return StreamLoader(dataset, num_workers=data.num_workers)
-
-
-def _tuple(values):
-    return None if values is None else tuple(values)
 
 
 def deepspeed_config(config: TrainConfig, bf16: bool) -> dict:
@@ -94,7 +87,7 @@ def deepspeed_config(config: TrainConfig, bf16: bool) -> dict:
     }
 
 
-def _schedule(config: TrainConfig, total_steps: int):
+def lr_schedule(config: TrainConfig, total_steps: int):
     """Linear warm-up then cosine decay over ``total_steps`` optimizer steps."""
     warmup = max(1, int(total_steps * config.optim.warmup_ratio))
 
@@ -137,7 +130,7 @@ class Telemetry:
     def record(self, step: int, loss: float, batch: dict, wait: float, busy: float, lr: float, world: int) -> dict:
         self.samples += len(batch["keys"]) * world
         tokens = int(batch["attention_mask"].sum()) * world
-        seconds = float(batch["chunk_lengths"].sum()) / 16000 * world
+        seconds = float(batch["chunk_lengths"].sum()) / SAMPLE_RATE * world
         self.tokens += tokens
         self.audio_seconds += seconds
         self.wait += wait
@@ -177,7 +170,7 @@ def train(config: TrainConfig) -> None:
     optimizer = torch.optim.AdamW(trainable, lr=config.optim.lr, betas=config.optim.betas,
                                   weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _schedule(config, max(1, micro_steps // config.gradient_accumulation)))
+        optimizer, lr_schedule(config, max(1, micro_steps // config.gradient_accumulation)))
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(config, bf16))
 

@@ -20,8 +20,8 @@ def convert_in_process(source: Path, out: Path, **options):
     down around the call; returns the conversion report."""
     import ray
 
-    from llaso_data.convert import ConvertOptions, convert
-    from llaso_data.ray_local import init_ray
+    from llaso_data.convert.pipeline import ConvertOptions, convert
+    from llaso_data.convert.ray_local import init_ray
 
     init_ray(None, num_cpus=2)
     try:

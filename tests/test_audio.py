@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from llaso_data.audio import AudioError, encode_clip
+from llaso_data.convert.transcode import AudioError, encode_clip
 
 
 def _write(path, seconds=2.0, rate=16000, channels=1, subtype="PCM_16", fmt="WAV"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llaso_data.chat import (
+from llaso_data.stream.chat import (
     IGNORE_INDEX,
     LLASO_SYSTEM_PROMPT,
     ChatFormat,
@@ -23,7 +23,7 @@ from llaso_data.chat import (
     special_token_ids,
     tiny_tokenizer,
 )
-from llaso_data.corpus import iter_corpus
+from llaso_data.ingest.corpus import iter_corpus
 from llaso_data.records import Sample, Turn
 
 BOS = "<|begin_of_text|>"
@@ -306,7 +306,7 @@ def test_tiny_tokenizer_is_deterministic(tok):
     assert [tok.convert_tokens_to_ids(s) for s in specials] == list(range(len(specials)))
     assert tok.pad_token_id is not None and tok.eos_token == EOT
     code = (
-        "import hashlib, json; from llaso_data.chat import tiny_tokenizer; "
+        "import hashlib, json; from llaso_data.stream.chat import tiny_tokenizer; "
         "v = tiny_tokenizer().get_vocab(); "
         "print(hashlib.sha256(json.dumps(sorted(v.items())).encode()).hexdigest())"
     )

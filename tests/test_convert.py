@@ -24,11 +24,11 @@ import pytest
 import soundfile
 import webdataset as wds
 
-from llaso_data.convert import ConversionError, ConvertOptions, ShardPlan, convert
-from llaso_data.corpus import iter_corpus
+from llaso_data.convert.pipeline import ConversionError, ConvertOptions, ShardPlan, convert
+from llaso_data.ingest.corpus import iter_corpus
 from llaso_data.records import Sample
-from llaso_data.shards import TarStream
-from llaso_data.synth import write_corpus
+from llaso_data.convert.shard_writer import TarStream
+from llaso_synth.corpus import write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 LLASO_SHARD = [sys.executable, "-m", "llaso_data.cli"]
@@ -111,7 +111,7 @@ def test_shards_read_back_through_plain_webdataset_equal_the_records(corpus, ref
 def test_same_input_and_options_give_byte_identical_output(corpus, reference, tmp_path):
     root, _ = corpus
     out, _ = reference
-    from llaso_data.ray_local import init_ray
+    from llaso_data.convert.ray_local import init_ray
     import ray
 
     init_ray(None, num_cpus=2)
@@ -166,7 +166,7 @@ def test_shard_plan_numbers_slots_by_stratum_and_cuts_whole_shards():
 def test_output_does_not_depend_on_how_shards_are_spread_over_write_tasks(corpus, reference, tmp_path):
     root, _ = corpus
     out, _ = reference
-    from llaso_data.ray_local import init_ray
+    from llaso_data.convert.ray_local import init_ray
     import ray
 
     init_ray(None, num_cpus=2)
@@ -264,7 +264,7 @@ def test_ray_job_submit_on_loopback(corpus, reference, tmp_path):
 def test_flac16k_stores_mono_16khz_flac(corpus, tmp_path):
     root, _ = corpus
     source = root / "LLaSO-Eval"
-    from llaso_data.ray_local import init_ray
+    from llaso_data.convert.ray_local import init_ray
     import ray
 
     init_ray(None, num_cpus=2)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from llaso_data.chat import render, tiny_tokenizer
-from llaso_data.corpus import iter_corpus
+from llaso_data.stream.chat import render, tiny_tokenizer
+from llaso_data.ingest.corpus import iter_corpus
 from llaso_data.records import Sample, Turn
-from llaso_data.stream import collate, to_torch
-from llaso_data.waveform import WaveformConfig
+from llaso_data.stream.loader import collate, to_torch
+from llaso_data.stream.windows import WaveformConfig
 from llaso_eval.generate import left_align, llaso_record, merge_parts
 
 PAD = 0

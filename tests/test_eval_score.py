@@ -386,7 +386,7 @@ def test_local_hf_judge_reads_the_score_its_model_generates(tmp_path):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from llaso_data.chat import tiny_tokenizer
+    from llaso_data.stream.chat import tiny_tokenizer
     from llaso_eval.judge import HFJudge
 
     tokenizer = tiny_tokenizer()

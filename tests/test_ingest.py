@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from llaso_data.corpus import UnknownStemWarning, iter_corpus, iter_file, scan
-from llaso_data.paths import AudioPathError, AudioRoot
+from llaso_data.ingest.corpus import UnknownStemWarning, iter_corpus, iter_file, scan
+from llaso_data.ingest.paths import AudioPathError, AudioRoot
 from llaso_data.records import Rejection, Sample
-from llaso_data.readers import iter_raw_records
+from llaso_data.ingest.readers import iter_raw_records
 from llaso_data.tasks import LLASO_TASKS, parse_file_name
 
 from conftest import EVAL_SAMPLE
@@ -221,7 +221,7 @@ def test_huge_array_is_streamed_in_constant_memory(tmp_path):
     with open(path, "w") as out:
         out.write("[" + ",".join([record] * 300_000) + "]")
     code = (
-        "import re;from pathlib import Path;from llaso_data.corpus import iter_file;"
+        "import re;from pathlib import Path;from llaso_data.ingest.corpus import iter_file;"
         f"p=Path({str(path)!r});n=sum(1 for _ in iter_file(p.parent.parent,p));"
         "hwm=re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1);"
         "print(n, int(hwm)//1024)"

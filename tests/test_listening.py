@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from llaso_data.chat import IGNORE_INDEX, ChatFormat, renderer, special_token_ids
-from llaso_data.plan import Batching, PlanConfig, Selection, plan_rank
+from llaso_data.stream.chat import IGNORE_INDEX, ChatFormat, renderer, special_token_ids
+from llaso_data.stream.plan import Batching, PlanConfig, Selection, plan_rank
 from llaso_data.records import Sample
-from llaso_data.stream import collate, to_torch
-from llaso_data.synth import write_corpus
+from llaso_data.stream.loader import collate, to_torch
+from llaso_synth.corpus import write_corpus
 from llaso_data.tasks import parse_file_name
-from llaso_data.tar_access import ShardReader
-from llaso_data.waveform import SAMPLE_RATE, WaveformConfig, chunk_waveform, decode_clip
+from llaso_data.stream.shard_reader import ShardReader
+from llaso_data.stream.windows import SAMPLE_RATE, WaveformConfig, chunk_waveform, decode_clip
 from llaso_train.model import SpeechLM, load_exported
 
 from conftest import convert_in_process

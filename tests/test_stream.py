@@ -4,7 +4,6 @@ dynamic batches, exact resume, and safety against planted or truncated members."
 from __future__ import annotations
 
 import io
-import itertools
 import pickle
 import shutil
 import tarfile
@@ -18,10 +17,11 @@ import soundfile
 import soxr
 import torch
 
-from llaso_data.plan import Batching, Mixing, PlanConfig, Selection, padding_ratio, plan_rank, task_quotas
-from llaso_data.stream import ShardStream, StreamConfig, StreamLoader, float_chunks
-from llaso_data.synth import write_corpus
-from llaso_data.tar_access import CorruptShardError
+from llaso_data.stream.plan import Batching, Mixing, PlanConfig, Selection, padding_ratio, plan_rank, task_quotas
+from llaso_data.stream.loader import ShardStream, StreamConfig, StreamLoader
+from llaso_synth.corpus import write_corpus
+from llaso_data.stream.shard_reader import CorruptShardError
+from llaso_train.features import float_chunks
 
 from conftest import convert_in_process
 
@@ -76,7 +76,8 @@ def test_padding_fills_the_remainder_with_declared_repeats(shards):
     config = PlanConfig(selection=Selection(None), batching=Batching(batch_size=batch_size, remainder="pad"))
     plans = [plan_rank(shards, config, 0, 3, r) for r in range(3)]
     served = [x for p in plans for x in _served(p)]
-    assert set(served) == set(itertools.chain.from_iterable(_served(p) for p in plans))
+    index = pq.read_table(shards / "index.parquet", columns=["shard", "offset"]).to_pylist()
+    assert set(served) == {(row["shard"], row["offset"]) for row in index}   # every sample, nothing else
     assert len(set(served)) == total
     assert len(served) - total == sum(p.padded_slots for p in plans) > 0
     assert len({len(p.batches) for p in plans}) == 1
@@ -94,9 +95,14 @@ def test_quota_mixing_is_exact_over_an_epoch(shards):
     asr = [x for p in plans for x in _served(p) if manifest[x[0]] == "ASR"]
     asr_size = sum(r["num_samples"] for r in pq.read_table(shards / "manifest.parquet").to_pylist() if r["task"] == "ASR")
     assert max(Counter(asr).values()) == -(-30 // asr_size)
-    sgc = [x for p in plans for x in _served(p) if manifest[x[0]] == "SGC"]
-    assert len(set(sgc)) == len(sgc) or 18 > sum(
-        r["num_samples"] for r in pq.read_table(shards / "manifest.parquet").to_pylist() if r["task"] == "SGC")
+    # every task: up-sampled by whole passes when its quota exceeds its size, else no repeats
+    sizes = Counter()
+    for row in pq.read_table(shards / "manifest.parquet").to_pylist():
+        sizes[row["task"]] += row["num_samples"]
+    for task, quota in (("SGC", 18), ("ER", 12)):
+        picked = Counter(x for p in plans for x in _served(p) if manifest[x[0]] == task)
+        assert max(picked.values()) == -(-quota // sizes[task]), task
+        assert len(picked) == min(quota, sizes[task]), task
 
 
 def test_quota_modes():
@@ -261,6 +267,9 @@ def test_planted_pickle_members_are_never_unpickled(shards, tmp_path):
     # the planted member shifts the members after it, so the shard's later samples fail too
     assert skipping.skipped["corrupt"] >= 1 and served == len(skipping) - skipping.skipped["corrupt"]
     assert not marker.exists()
+    # the payload is live: unpickling it is exactly what would have created the marker
+    pickle.loads(pickle.dumps(_Exploit(str(marker))))
+    assert marker.exists()
 
 
 def test_truncated_shard_gives_the_documented_error(shards, tmp_path):
@@ -277,7 +286,7 @@ def test_truncated_shard_gives_the_documented_error(shards, tmp_path):
 
 
 def test_rendered_batches_place_every_audio_chunk_on_its_placeholders(shards):
-    from llaso_data.chat import ChatFormat, renderer, special_token_ids, tiny_tokenizer
+    from llaso_data.stream.chat import ChatFormat, renderer, special_token_ids, tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     audio_pad = special_token_ids(tokenizer)[ChatFormat().audio_pad]

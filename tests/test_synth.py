@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llaso_data.synth import (
+from llaso_synth.corpus import (
     FAULTY_FILES,
     LONG_SECONDS,
-    REJECT_REASONS,
     STEMS,
     SUMMARY_FILE,
     UNKNOWN_STEM_FILE,
@@ -23,7 +22,7 @@ from llaso_data.synth import (
     stable_rng,
     write_corpus,
 )
-from llaso_data.synth_audio import (
+from llaso_synth.audio import (
     CHANNELS,
     RATES,
     WORD_SECONDS,
@@ -33,6 +32,7 @@ from llaso_data.synth_audio import (
     render,
     word_hz,
 )
+from llaso_data.records import REJECT_REASONS
 from llaso_data.tasks import LLASO_TASKS, MODALITIES, parse_file_name
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3")

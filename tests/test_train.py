@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from llaso_data.chat import ChatFormat, special_token_ids, tiny_tokenizer
-from llaso_data.synth import write_corpus
+from llaso_data.stream.chat import ChatFormat, special_token_ids, tiny_tokenizer
+from llaso_synth.corpus import write_corpus
 from llaso_train.config import load_config
 from llaso_train.model import PROJECTOR_FILE, build_model
 from llaso_train.recipe import _seed_everything

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from llaso_data.manifest import INDEX_FILE, INDEX_SCHEMA, MANIFEST_FILE, read_manifest
-from llaso_data.stats import corpus_stats, format_stats_table, write_chart
-from llaso_data.synth import write_corpus
-from llaso_data.verify import verify
+from llaso_data.convert.stats import corpus_stats, format_stats_table, write_chart
+from llaso_synth.corpus import write_corpus
+from llaso_data.convert.verify import verify
 
 from conftest import convert_in_process
 

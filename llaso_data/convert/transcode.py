@@ -44,13 +44,12 @@ import pyflac
 import soundfile
 import soxr
 
-from .waveform import PCM16_SCALE
+from llaso_data.frontend import SAMPLE_RATE, downmix
 
 AUDIO_MODES = ("passthrough", "flac16k")
-TARGET_RATE = 16_000
 _CHECK_FRAMES = 4096
 _MAX_CHANNELS = 1024  # libsndfile refuses more
-_FLOAT_TO_INT16 = np.float32(32768)  # and its float -> 16-bit FLAC one
+_FLOAT_TO_INT16 = np.float32(32768)  # libsndfile's float -> 16-bit scale (1 / PCM16_SCALE)
 _FLAC_LEVEL = 0  # fixed predictors: see the module docstring
 _FLAC_BLOCK = 4096  # samples a frame (256 ms at 16 kHz): level 0 alone would use 1,152
 
@@ -186,29 +185,6 @@ def _wav_data_chunk(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _mono_float32(samples: np.ndarray) -> np.ndarray:
-    """``(frames, channels)`` int16 or float32 samples -> ``(frames,)`` float32 in [-1, 1),
-    the mean over channels. int16 input gives exactly what libsndfile's float32 decode
-    of the same clip gives (``x / 32768``, summed, divided by the channel count).
-
-    Summed column by column: ``samples.mean(axis=1)`` reduces along the short inner axis
-    and costs ~10x more (8 ms for 8 s of 44.1 kHz stereo)."""
-    channels = samples.shape[1]
-    if samples.dtype == np.int16:
-        total = samples[:, 0].astype(np.int32)
-        for channel in range(1, channels):
-            total += samples[:, channel]
-        mono = total.astype(np.float32)
-        mono *= np.float32(PCM16_SCALE)
-    else:
-        mono = samples[:, 0].copy()
-        for channel in range(1, channels):
-            mono += samples[:, channel]
-    if channels > 1:
-        mono /= np.float32(channels)
-    return mono
-
-
 def _to_int16(mono: np.ndarray) -> np.ndarray:
     """float32 -> int16 exactly as libsndfile converts float32 when writing 16-bit FLAC
     (times 32768, rounded half to even, clipped to the int16 range), which is a fifth
@@ -228,23 +204,23 @@ def _to_flac16k(data: bytes, path: Path) -> EncodedClip:
         rate, channels, integer, container, samples = _decode(data, path)
     if samples.shape[0] == 0:
         raise AudioError("audio_empty", str(path), "no audio frames")
-    if integer and channels == 1 and rate == TARGET_RATE:
+    if integer and channels == 1 and rate == SAMPLE_RATE:
         if container == "FLAC":  # already what this mode writes, and it decoded in full
-            return EncodedClip(data, "flac", samples.shape[0] / TARGET_RATE)
+            return EncodedClip(data, "flac", samples.shape[0] / SAMPLE_RATE)
         pcm = samples[:, 0]
     else:
-        mono = _mono_float32(samples)
-        if rate != TARGET_RATE:
-            mono = soxr.resample(mono, rate, TARGET_RATE, quality="HQ")
+        mono = downmix(samples)
+        if rate != SAMPLE_RATE:
+            mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
         pcm = _to_int16(mono)
-    return EncodedClip(_encode_flac(pcm), "flac", len(pcm) / TARGET_RATE)
+    return EncodedClip(_encode_flac(pcm), "flac", len(pcm) / SAMPLE_RATE)
 
 
 def _encode_flac(pcm: np.ndarray) -> bytes:
     """``(frames,)`` int16 samples at 16 kHz -> a FLAC file's bytes (libFLAC through
     pyflac; the encoder seeks back to complete STREAMINFO: frame count and MD5)."""
     out = io.BytesIO()
-    encoder = pyflac.StreamEncoder(TARGET_RATE, lambda data, size, samples, frame: out.write(data),
+    encoder = pyflac.StreamEncoder(SAMPLE_RATE, lambda data, size, samples, frame: out.write(data),
                                    seek_callback=out.seek, tell_callback=out.tell,
                                    compression_level=_FLAC_LEVEL, blocksize=_FLAC_BLOCK)
     encoder.process(pcm)

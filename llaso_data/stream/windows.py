@@ -20,8 +20,7 @@ import numpy as np
 import soundfile
 import soxr
 
-SAMPLE_RATE = 16_000
-PCM16_SCALE = 1.0 / 32768  # int16 -> float32 in [-1, 1): libsndfile's normalisation, a power of 2
+from llaso_data.frontend import CHUNK_SECONDS, FRAMES_PER_SECOND, PCM16_SCALE, SAMPLE_RATE, downmix
 
 
 @dataclass(frozen=True)
@@ -29,11 +28,11 @@ class WaveformConfig:
     """``chunk_seconds`` window length; ``max_chunks`` windows kept per clip (LLaSO: 20);
     ``frames_per_second`` encoder output frames per second (Whisper: 50) and ``stack`` the
     projector's frame stacking: a chunk of n samples becomes
-    ``ceil(ceil(n / (16000 / frames_per_second)) / stack)`` audio tokens."""
+    ``ceil(ceil(n / (SAMPLE_RATE / frames_per_second)) / stack)`` audio tokens."""
 
-    chunk_seconds: float = 30.0
+    chunk_seconds: float = CHUNK_SECONDS
     max_chunks: int = 20
-    frames_per_second: int = 50
+    frames_per_second: int = FRAMES_PER_SECOND
     stack: int = 1
 
     @property
@@ -54,7 +53,7 @@ def decode_clip(data: bytes) -> np.ndarray:
     # soundfile.read, not clip.read: it seeks to the start first, which changes an mp3
     # decode in the last bit; this keeps the float32 path what soundfile.read gives.
     audio, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
+    mono = downmix(audio)
     if rate != SAMPLE_RATE:
         mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
     return np.ascontiguousarray(mono, dtype=np.float32)

@@ -37,12 +37,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .corpus import UnknownStemWarning, annotation_files, corpus_root, iter_file
-from .manifest import (INDEX_FILE, INDEX_SCHEMA, MANIFEST_FILE, MANIFEST_SCHEMA, REJECTS_FILE,
+from llaso_data.ingest.corpus import UnknownStemWarning, annotation_files, corpus_root, iter_file
+from llaso_data.manifest import (INDEX_FILE, INDEX_SCHEMA, MANIFEST_FILE, MANIFEST_SCHEMA, REJECTS_FILE,
                        REJECTS_SCHEMA, REPORT_FILE, StreamingTableWriter, write_table)
-from .records import Sample
-from .shards import ShardResult, shard_index, shard_name, write_shard
-from .validate import FileContext
+from llaso_data.records import Sample
+from llaso_data.convert.shard_writer import ShardResult, shard_index, shard_name, write_shard
+from llaso_data.ingest.validate import FileContext
 
 STATE_DIR = ".state"
 _ROW_BATCH = 4096

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
-from .records import Sample
+from llaso_data.records import Sample
 
 IGNORE_INDEX = -100
 
@@ -218,7 +218,7 @@ def special_token_ids(tokenizer, fmt: ChatFormat = ChatFormat()) -> dict[str, in
         if token_id is None:
             raise ValueError(
                 f"tokenizer has no single token for {token!r}; "
-                "add it with llaso_data.chat.ensure_chat_tokens (and resize the model's embeddings)"
+                "add it with llaso_data.stream.chat.ensure_chat_tokens (and resize the model's embeddings)"
             )
         ids[token] = token_id
     return ids

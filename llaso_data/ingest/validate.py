@@ -10,29 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .paths import AudioPathError, normalise_audio_path
-from .readers import RawRecord
-from .records import Rejection, Sample, Turn
-from .tasks import MODALITIES, TASKS, StemInfo, modality_for_stem, parse_file_name
+from llaso_data.ingest.paths import AudioPathError, normalise_audio_path
+from llaso_data.ingest.readers import RawRecord
+from llaso_data.records import Rejection, Sample, Turn
+from llaso_data.tasks import MODALITIES, TASKS, StemInfo, modality_for_stem, parse_file_name
 
 AUDIO_PLACEHOLDER = "<audio>"
-
-# Every reason a record can be rejected for, with what it means.
-REASONS: dict[str, str] = {
-    "malformed_json": "the file is not valid JSON from this point (truncated or broken)",
-    "undecodable_text": "the record's text is not valid UTF-8",
-    "not_an_object": "the array element is not a JSON object",
-    "missing_turns": "no conversation, or no assistant turn to learn from",
-    "misordered_turns": "turns do not alternate user/assistant starting with the user",
-    "bad_field_type": "a field has the wrong type (voice, conversations or a turn value)",
-    "audio_count_mismatch": "the number of <audio> placeholders differs from the number of voice paths",
-    "absolute_audio_path": "a voice path is absolute",
-    "audio_path_escapes_root": "a voice path leaves the audio root",
-    "empty_label": "the last assistant turn is empty",
-    "audio_missing": "an audio file does not exist",
-    "audio_undecodable": "an audio file cannot be decoded",
-    "audio_empty": "an audio file has no samples",
-}
 
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 _STRUCTURAL_FIELDS = ("voice", "conversations", "instruction")

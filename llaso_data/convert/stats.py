@@ -11,8 +11,8 @@ import html
 from collections import defaultdict
 from pathlib import Path
 
-from .manifest import read_manifest
-from .tasks import MODALITIES
+from llaso_data.manifest import read_manifest
+from llaso_data.tasks import MODALITIES
 
 GROUP = ("split", "modality", "task", "category")
 """The columns a stats row is keyed by."""

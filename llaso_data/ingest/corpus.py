@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .paths import AudioPathError, AudioRoot
-from .readers import iter_raw_records
-from .records import Rejection, Sample
-from .validate import FileContext, normalise_record
+from llaso_data.ingest.paths import AudioPathError, AudioRoot
+from llaso_data.ingest.readers import iter_raw_records
+from llaso_data.records import Rejection, Sample
+from llaso_data.ingest.validate import FileContext, normalise_record
 
 _NOT_ANNOTATIONS = {"synth_summary.json"}
 

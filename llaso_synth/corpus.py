@@ -14,7 +14,7 @@
   exactly one of :data:`REJECT_REASONS`, plus a file with an unknown stem
   (:data:`UNKNOWN_STEM_FILE`) whose records are valid.
 
-Labels depend on the audio (see :mod:`llaso_data.synth_audio`): a class index sets the
+Labels depend on the audio (see :mod:`llaso_synth.audio`): a class index sets the
 fundamental of a tone, a MIDI label the pitch, a velocity label the amplitude, and
 transcripts/questions are spoken. Same ``seed`` -> byte-identical files.
 """
@@ -31,7 +31,8 @@ from typing import Callable
 
 import numpy as np
 
-from llaso_data.synth_audio import (
+from llaso_data.records import REJECT_REASONS
+from llaso_synth.audio import (
     FormatPlanner,
     Sound,
     Speech,
@@ -44,21 +45,6 @@ from llaso_data.synth_audio import (
     write_garbage,
 )
 
-REJECT_REASONS = (
-    "malformed_json",
-    "undecodable_text",
-    "not_an_object",
-    "missing_turns",
-    "misordered_turns",
-    "bad_field_type",
-    "audio_count_mismatch",
-    "absolute_audio_path",
-    "audio_path_escapes_root",
-    "empty_label",
-    "audio_missing",
-    "audio_undecodable",
-    "audio_empty",
-)
 FAULTY_FILES = (
     "LLaSO-Instruct/text_audio/faulty_meld_ER_classification_train.json",
     "LLaSO-Instruct/text_audio/faulty_text_meld_ER_classification_train.json",

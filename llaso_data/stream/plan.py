@@ -38,7 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
-from .manifest import INDEX_FILE, read_manifest
+from llaso_data.manifest import INDEX_FILE, read_manifest
 
 
 def seeded_rng(*parts: object) -> np.random.Generator:
@@ -101,6 +101,10 @@ class Batching:
     def __post_init__(self):
         if (self.batch_size is None) == (self.max_tokens is None):
             raise ValueError("set exactly one of batch_size and max_tokens")
+        if any(v is not None and v < 1 for v in (self.batch_size, self.max_tokens)):
+            raise ValueError("batch_size and max_tokens must be >= 1")
+        if self.audio_tokens_per_second <= 0 or self.chars_per_token <= 0:
+            raise ValueError("audio_tokens_per_second and chars_per_token must be positive")
         if self.remainder not in ("drop", "pad"):
             raise ValueError("remainder must be 'drop' or 'pad'")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
-from .records import Sample
+from llaso_data.records import Sample
 
 
 class CorruptShardError(ValueError):

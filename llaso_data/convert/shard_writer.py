@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from .audio import AudioError, encode_clip
-from .paths import AudioPathError, AudioRoot
-from .records import Rejection, Sample
+from llaso_data.convert.transcode import AudioError, encode_clip
+from llaso_data.ingest.paths import AudioPathError, AudioRoot
+from llaso_data.records import Rejection, Sample
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 

@@ -35,11 +35,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .chat import IGNORE_INDEX
-from .plan import PlanConfig, RankPlan, ShardTable, plan_rank
-from .records import Sample
-from .tar_access import CorruptShardError, ShardReader
-from .waveform import PCM16_SCALE, WaveformConfig, chunk_waveform, decode_clip, to_float32
+from llaso_data.stream.chat import IGNORE_INDEX
+from llaso_data.stream.plan import PlanConfig, RankPlan, ShardTable, plan_rank
+from llaso_data.records import Sample
+from llaso_data.stream.shard_reader import CorruptShardError, ShardReader
+from llaso_data.stream.windows import WaveformConfig, chunk_waveform, decode_clip, to_float32
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class StreamConfig:
 
 
 Renderer = Callable[[Sample, list[int]], object]
-"""``render(sample, audio_tokens_per_clip) -> Rendered`` (see ``llaso_data.chat.renderer``);
+"""``render(sample, audio_tokens_per_clip) -> Rendered`` (see ``llaso_data.stream.chat.renderer``);
 raises ``ValueError`` for a sample that cannot be rendered (reported, not trained on)."""
 
 
@@ -124,7 +124,7 @@ def collate(samples: list[Sample], waveforms: list[list[list[np.ndarray]]], wave
     tensor, the other arrays numpy (:func:`to_torch` makes them tensors).
 
     ``waveforms[b][clip]`` is the list of 30 s windows (int16 or float32, see
-    :mod:`llaso_data.waveform`) of clip ``clip`` of sample ``b``.
+    :mod:`llaso_data.stream.windows`) of clip ``clip`` of sample ``b``.
     """
     rendered = []
     if render is not None:
@@ -200,15 +200,6 @@ def to_torch(batch: dict) -> dict:
     """The batch with its numpy arrays as torch tensors sharing their memory (no copy)."""
     return {name: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
             for name, value in batch.items()}
-
-
-def float_chunks(chunks: torch.Tensor) -> torch.Tensor:
-    """A batch's ``chunks`` (int16 PCM or float32, on any device) as float32 in [-1, 1]:
-    int16 becomes ``x / 32768`` exactly (every int16 is a float32, and the scale is a power
-    of 2), the float32 soundfile would have decoded."""
-    if chunks.dtype == torch.int16:
-        return chunks.to(torch.float32) * PCM16_SCALE
-    return chunks.to(torch.float32)
 
 
 @dataclass

@@ -25,8 +25,8 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .manifest import INDEX_FILE, MANIFEST_FILE, read_manifest
-from .records import Sample
+from llaso_data.manifest import INDEX_FILE, MANIFEST_FILE, read_manifest
+from llaso_data.records import Sample
 
 _READ_CHUNK = 2**20
 """Bytes per read from a shard file."""
