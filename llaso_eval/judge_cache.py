@@ -198,11 +198,21 @@ class PublishedVerdict:
 
 
 @dataclass
-class PublishedVerdicts:
-    """The ``gpt_result`` verdicts of one prediction folder by stem, and the lines that are not verdicts."""
+class StemVerdicts:
+    """The ``gpt_result`` lines of one stem: its verdicts, and a problem for each line that is not one."""
 
-    by_stem: dict[str, list[PublishedVerdict]] = field(default_factory=dict)
+    verdicts: list[PublishedVerdict] = field(default_factory=list)
     problems: list[RecordProblem] = field(default_factory=list)
+
+
+@dataclass
+class PublishedVerdicts:
+    """The ``gpt_result`` lines of one prediction folder, by stem."""
+
+    by_stem: dict[str, StemVerdicts] = field(default_factory=dict)
+
+    def of(self, stem: str) -> StemVerdicts:
+        return self.by_stem.get(stem) or StemVerdicts()
 
 
 def parse_published_line(value: object, file: str, line: int) -> PublishedVerdict | tuple[str, str]:
@@ -231,27 +241,27 @@ def read_published(folders: Iterable[Path]) -> PublishedVerdicts:
         seen.add(folder.resolve())
         for path in sorted(folder.glob("*.jsonl")):
             name = str(path)
-            verdicts = result.by_stem.setdefault(stem_of(path).stem, [])
+            lines = result.by_stem.setdefault(stem_of(path).stem, StemVerdicts())
             for raw in iter_raw_records(path):
                 parsed = raw.error or parse_published_line(raw.value, name, raw.ordinal)
                 if isinstance(parsed, PublishedVerdict):
-                    verdicts.append(parsed)
+                    lines.verdicts.append(parsed)
                 else:
-                    result.problems.append(RecordProblem(name, raw.ordinal, *parsed))
+                    lines.problems.append(RecordProblem(name, raw.ordinal, *parsed))
     return result
 
 
-def match_published(records: list[PredictionRecord], verdicts: list[PublishedVerdict],
+def match_published(records: list[PredictionRecord], published: StemVerdicts,
                     label: str) -> tuple[dict[int, Verdict], list[RecordProblem]]:
     """LLaSO's verdicts on a prediction file's records, by record position (``ordinal``),
-    and a problem for each verdict not used: no record at its ``index`` (reason
-    ``verdict_without_record``), texts that are not the record's (``verdict_mismatch``,
-    naming ``label``, the prediction file), a second verdict for one record
-    (``duplicate_verdict``)."""
+    and a problem for each line not used: the lines that are not verdicts, then each
+    verdict with no record at its ``index`` (reason ``verdict_without_record``), with texts
+    that are not the record's (``verdict_mismatch``, naming ``label``, the prediction file),
+    or a second one for a record (``duplicate_verdict``)."""
     by_ordinal = {r.ordinal: r for r in records}
     matched: dict[int, Verdict] = {}
-    problems: list[RecordProblem] = []
-    for verdict in verdicts:
+    problems: list[RecordProblem] = list(published.problems)
+    for verdict in published.verdicts:
         record = by_ordinal.get(verdict.index)
         reason = None
         if record is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,7 +235,8 @@ def _draw_png(runs: list[Run], path: Path) -> None:
         tick.set_fontweight("normal" if kind == "task" else "bold")
     ax.invert_yaxis()
     ax.set_xlim(0, 1.12)
-    ax.set_xlabel("normalised score (0..1, higher is better)\n" + MARK_LEGEND, fontsize=7)
+    ax.set_xlabel("normalised score (0..1, higher is better)\n" + "\n".join(textwrap.wrap(MARK_LEGEND, 100)),
+                  fontsize=7)
     ax.set_title("LLaSO-Eval: normalised score per task, category and overall")
     figure.legend(handles=[Patch(color=_PALETTE[i % len(_PALETTE)], label=r.name) for i, r in enumerate(runs)],
                   loc="outside lower center", ncols=min(len(runs), 4), fontsize=8)

@@ -39,7 +39,8 @@ from typing import Callable
 
 from . import metrics, normalize
 from .judge import Judge
-from .judge_cache import JudgeIdentity, PublishedVerdicts, Verdict, VerdictStore, match_published, verdict_key
+from .judge_cache import (JudgeIdentity, PublishedVerdicts, StemVerdicts, Verdict, VerdictStore, match_published,
+                          verdict_key)
 from .predictions import PredictionFile, PredictionRecord, RecordProblem, find_prediction_files, read_prediction_file
 
 CLASSIFICATION_TASKS = ("SGC", "AC", "SSD", "ER", "EIE", "SV", "VSC", "IC", "ISC", "VC")
@@ -152,11 +153,10 @@ def score_directory(pred_dir: Path, judge: Judge | None = None, judge_workers: i
     result = DirectoryScore()
     paths = find_prediction_files(pred_dir)
     published = verdicts.published_for(pred_dir) if verdicts is not None else PublishedVerdicts()
-    result.verdict_problems.extend(published.problems)
     for path in paths:
         predictions = read_prediction_file(path, name=path.relative_to(pred_dir).as_posix())
         stem_score, problems, verdict_problems = score_file(
-            predictions, judge, judge_workers, verdicts, published.by_stem.get(predictions.stem.stem, []))
+            predictions, judge, judge_workers, verdicts, published.of(predictions.stem.stem))
         result.stems[stem_score.stem] = stem_score
         result.problems.extend(problems)
         result.verdict_problems.extend(verdict_problems)
@@ -183,7 +183,7 @@ def metric_for(task: str, references: list[str]) -> str | None:
 
 
 def score_file(predictions: PredictionFile, judge: Judge | None = None, judge_workers: int = 8,
-               verdicts: VerdictStore | None = None, published: list | None = None,
+               verdicts: VerdictStore | None = None, published: StemVerdicts | None = None,
                ) -> tuple[StemScore, list[RecordProblem], list[RecordProblem]]:
     """The score of one file, the problems of its records that were not scored, and those
     of the published verdicts (``published``: LLaSO's lines for this stem) not used."""
@@ -201,7 +201,7 @@ def score_file(predictions: PredictionFile, judge: Judge | None = None, judge_wo
         return StemScore(**base, metric=metric, value=None, n=0, rejected=len(problems),
                          skipped="no scorable records"), problems, []
     if metric == "judge":
-        score, verdict_problems = _judged(records, judge, judge_workers, verdicts, published or [],
+        score, verdict_problems = _judged(records, judge, judge_workers, verdicts, published or StemVerdicts(),
                                           predictions.name)
         return StemScore(**base, **score.__dict__, rejected=len(problems)), problems, verdict_problems
     score = _SCORERS[metric](records, metric, info.task)
@@ -265,9 +265,9 @@ def _exact_match(records: list[PredictionRecord], metric: str, task: str) -> _Pa
 
 
 def _judged(records: list[PredictionRecord], judge: Judge | None, workers: int, store: VerdictStore | None,
-            published: list, label: str) -> tuple[_Partial, list[RecordProblem]]:
+            published: StemVerdicts, label: str) -> tuple[_Partial, list[RecordProblem]]:
     """The mean judge score of the records that have a verdict (module docstring)."""
-    matched, problems = match_published(records, published, label) if published else ({}, [])
+    matched, problems = match_published(records, published, label)
     identity = (JudgeIdentity(judge.model, judge.prompt_version) if judge is not None
                 else store.identity if store is not None else None)
     uses_question = judge is not None and judge.uses_question
