@@ -132,7 +132,7 @@ def _counts(value) -> dict[str, int] | None:
 @dataclass
 class DirectoryScore:
     """Every stem of a prediction folder (in path order), every record not scored, and
-    every published verdict or cache line not used (``verdict_problems``)."""
+    every published verdict not used (``verdict_problems``)."""
 
     stems: dict[str, StemScore] = field(default_factory=dict)
     problems: list[RecordProblem] = field(default_factory=list)
