@@ -1,7 +1,9 @@
 """LLM judges for the open-ended tasks (AQA, intent prediction, entity extraction, speech commands).
 
-A judge implements :class:`Judge`: ``score(question, reference, prediction)`` returns an
-integer 1..5, or None when its answer holds no readable score. Two are provided:
+A judge implements :class:`Judge`: ``evaluate(question, reference, prediction)`` returns
+its answer text (``Score: n`` then ``Explanation: ...``) and ``score(...)`` the ``n`` of it
+(1..5, or None when the answer holds no readable score). ``model`` and ``prompt_version``
+name the judge in the judge cache (:mod:`llaso_eval.judge_cache`). Two are provided:
 
 * :class:`OpenAIJudge`: any OpenAI-compatible chat-completions endpoint (OpenAI, Azure
   behind a proxy, vLLM, llama.cpp server, ...), called with the standard library only;
@@ -17,6 +19,7 @@ to a custom ``user_template`` as ``{question}``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -40,13 +43,40 @@ USER_TEMPLATE = (
     "Predicted Answer:\n{prediction}\n\n"
     "Give your evaluation."
 )
+LLASO_JUDGE_MODEL = "gpt-4o-mini"
+"""The judge of LLaSO's published verdicts (``results/<model>/gpt_result/``; Azure, temperature 0.1)."""
+LLASO_PROMPT_VERSION = "llaso-gpt_test"
+"""The prompt version naming LLaSO's own judge prompt (``llaso/evaluation/metrics/gpt_scores/gpt_test.py``)."""
 _SCORE = re.compile(r"score\W{0,3}\s*[:=]\s*\W{0,2}\s*([1-5])(?!\d|[.,]\d)", re.IGNORECASE)
 
 
+def prompt_version(system_prompt: str = SYSTEM_PROMPT, user_template: str = USER_TEMPLATE) -> str:
+    """The version of a prompt in the judge cache: the first 16 hex digits of the SHA-256 of
+    the system prompt, a NUL byte and the user template (UTF-8), so an edited prompt never
+    reuses the verdicts of another."""
+    digest = hashlib.sha256(f"{system_prompt}\0{user_template}".encode("utf-8")).hexdigest()
+    return digest[:16]
+
+
+DEFAULT_PROMPT_VERSION = prompt_version()
+"""The version of the default prompt (:data:`SYSTEM_PROMPT`, :data:`USER_TEMPLATE`)."""
+
+
 class Judge(Protocol):
-    """Rates a predicted answer against the reference, 1 (worst) to 5 (best)."""
+    """Rates a predicted answer against the reference, 1 (worst) to 5 (best).
+
+    ``name`` is for messages; ``model`` and ``prompt_version`` key its verdicts in the judge
+    cache; ``uses_question`` says whether its prompt shows the question (then the question
+    is part of the key too).
+    """
 
     name: str
+    model: str
+    prompt_version: str
+    uses_question: bool
+
+    def evaluate(self, question: str, reference: str, prediction: str) -> str:
+        """The judge's answer text (``Score: n`` and an explanation, when the judge obeys)."""
 
     def score(self, question: str, reference: str, prediction: str) -> int | None:
         """The score, or None when the judge's answer holds no readable ``Score: n``."""
@@ -75,6 +105,7 @@ class OpenAIJudge:
 
     ``base_url`` is the server root (``http://127.0.0.1:8000``) or its ``/v1`` URL
     (``https://api.openai.com/v1``); ``api_key`` (optional) is sent as a bearer token.
+    In the judge cache it is ``model`` (the name sent, whatever the URL).
     A failed request is retried ``retries`` times (1 s, 2 s, ... apart) before
     :class:`JudgeError` is raised naming the URL and the cause. Thread-safe.
     """
@@ -86,6 +117,8 @@ class OpenAIJudge:
         self.url = f"{root}/chat/completions" if root.endswith("/v1") else f"{root}/v1/chat/completions"
         self.model = model
         self.name = f"{model} at {self.url}"
+        self.prompt_version = prompt_version(system_prompt, user_template)
+        self.uses_question = "{question}" in user_template
         self._api_key = api_key
         self._temperature = temperature
         self._max_tokens = max_tokens
@@ -94,9 +127,12 @@ class OpenAIJudge:
         self._system_prompt = system_prompt
         self._user_template = user_template
 
+    def evaluate(self, question: str, reference: str, prediction: str) -> str:
+        return self.complete(build_messages(question, reference, prediction, self._system_prompt,
+                                            self._user_template))
+
     def score(self, question: str, reference: str, prediction: str) -> int | None:
-        messages = build_messages(question, reference, prediction, self._system_prompt, self._user_template)
-        return parse_score(self.complete(messages))
+        return parse_score(self.evaluate(question, reference, prediction))
 
     def complete(self, messages: list[dict]) -> str:
         """The assistant text the endpoint answers ``messages`` with."""
@@ -134,7 +170,8 @@ class HFJudge:
     downloaded; a missing folder raises ValueError). The tokenizer's chat
     template renders the messages when it has one; otherwise they are written as
     ``System: ...`` / ``User: ...`` / ``Assistant:`` lines. Calls are serialised (one
-    generation at a time), so any number of scoring threads may share the judge.
+    generation at a time), so any number of scoring threads may share the judge. In the
+    judge cache it is ``hf:`` and the folder's absolute path.
     """
 
     def __init__(self, model_path: Path | str, *, device: str | None = None, max_new_tokens: int = 64,
@@ -145,6 +182,9 @@ class HFJudge:
         if not Path(model_path).is_dir():
             raise ValueError(f"{model_path}: not a model folder")
         self.name = f"local model {model_path}"
+        self.model = f"hf:{Path(model_path).resolve()}"
+        self.prompt_version = prompt_version(system_prompt, user_template)
+        self.uses_question = "{question}" in user_template
         self._torch = torch
         self._tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
         self._device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -154,9 +194,12 @@ class HFJudge:
         self._user_template = user_template
         self._lock = threading.Lock()
 
+    def evaluate(self, question: str, reference: str, prediction: str) -> str:
+        return self.complete(build_messages(question, reference, prediction, self._system_prompt,
+                                            self._user_template))
+
     def score(self, question: str, reference: str, prediction: str) -> int | None:
-        messages = build_messages(question, reference, prediction, self._system_prompt, self._user_template)
-        return parse_score(self.complete(messages))
+        return parse_score(self.evaluate(question, reference, prediction))
 
     def complete(self, messages: list[dict]) -> str:
         """The model's greedy continuation of the rendered ``messages`` (special tokens removed)."""

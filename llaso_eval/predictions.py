@@ -40,6 +40,8 @@ NOT_PREDICTION_FOLDERS = frozenset({"gpt_result", "abstention"})
 """Folders of LLaSO's ``results/<model>/`` that hold scorer outputs, not predictions."""
 GENERATION_SUMMARY = "generation.json"
 """The account ``llaso-eval generate`` writes at the top of its output folder; not predictions."""
+JUDGE_CACHE_FILE = "judge_cache.jsonl"
+"""The judge cache file (:mod:`llaso_eval.judge_cache`), in whatever folder it sits; not predictions."""
 AUDIO_PLACEHOLDER = "<audio>"
 _USER_ROLES = {"human", "user"}
 
@@ -91,8 +93,8 @@ class PredictionDirError(ValueError):
 
 def find_prediction_files(pred_dir: Path) -> list[Path]:
     """Every ``*.json``/``*.jsonl`` under ``pred_dir`` (sorted), except hidden paths,
-    LLaSO's ``gpt_result/`` and ``abstention/`` folders and ``generate``'s summary
-    (:data:`GENERATION_SUMMARY` at the top).
+    LLaSO's ``gpt_result/`` and ``abstention/`` folders, ``generate``'s summary
+    (:data:`GENERATION_SUMMARY` at the top) and judge cache files (:data:`JUDGE_CACHE_FILE`).
 
     Raises :class:`PredictionDirError` when the folder does not exist, holds no prediction
     file, or holds two files with the same stem (e.g. the same task in two folders).
@@ -101,7 +103,7 @@ def find_prediction_files(pred_dir: Path) -> list[Path]:
         raise PredictionDirError(f"{pred_dir}: not a folder")
     paths = [p for p in annotation_files(pred_dir)
              if not NOT_PREDICTION_FOLDERS.intersection(p.relative_to(pred_dir).parts[:-1])
-             and p != pred_dir / GENERATION_SUMMARY]
+             and p != pred_dir / GENERATION_SUMMARY and p.name != JUDGE_CACHE_FILE]
     if not paths:
         raise PredictionDirError(f"{pred_dir}: no .json or .jsonl prediction files")
     seen: dict[str, Path] = {}

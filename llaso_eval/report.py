@@ -2,12 +2,17 @@
 
 A *run* is the stem scores of one prediction folder (scored now) or of one JSON file
 written by ``llaso-eval score --json``. :func:`write_report` writes, for one or several
-runs side by side:
+runs side by side (in the order given; :func:`leaderboard` sorts them by overall score):
 
 * ``report.png``: normalised score (0..1) per task, per category and overall, one bar per run;
 * ``report.html``: one self-contained page (the chart inline, the overall/category, task
   and stem tables, what each metric means);
+* ``report.md``: the normalised scores per task, category and overall as a Markdown table;
 * ``scores.json``: every run's stem scores and summary.
+
+Each judged task's score is marked by where its verdicts came from (:func:`verdict_mark`):
+``c`` the judge cache (the cache file or LLaSO's ``gpt_result``), ``l`` the live judge,
+``m`` records without a verdict (left out; ``-`` when none has one).
 """
 
 from __future__ import annotations
@@ -15,14 +20,18 @@ from __future__ import annotations
 import base64
 import html
 import json
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 from .score import StemScore
 from .summary import Summary, category_rank, summarize, task_rank
 
-REPORT_FILES = ("report.png", "report.html", "scores.json")
-_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+REPORT_FILES = ("report.png", "report.html", "report.md", "scores.json")
+MARK_LEGEND = ("judged tasks: c = verdicts from the judge cache (cache file or LLaSO's gpt_result), "
+               "l = from the live judge, m = records without a verdict, left out (- m: none has one)")
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+            "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94")
 _METRIC_NOTES = {
     "wer": "word error rate after normalisation (lower is better); normalised 1 - WER",
     "cer": "character error rate, CJK text (lower is better); normalised 1 - CER",
@@ -70,10 +79,37 @@ def _percent(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.1f}%"
 
 
+def leaderboard(runs: list[Run]) -> list[Run]:
+    """The runs by overall normalised score, best first (runs without one last; ties keep
+    their order)."""
+    return sorted(runs, key=lambda r: (r.summary.overall is None, -(r.summary.overall or 0.0)))
+
+
+def verdict_mark(verdicts: dict[str, int] | None) -> str:
+    """Where a judged score's verdicts came from: ``c`` (cache), ``l`` (live judge), ``m``
+    (some records without one), in that order; ``""`` for a task that is not judged."""
+    if not verdicts:
+        return ""
+    return "".join(mark for mark, source in (("c", "cache"), ("l", "live"), ("m", "missing"))
+                   if verdicts.get(source))
+
+
+def _task(run: Run, task: str):
+    return next((t for t in run.summary.tasks if t.task == task), None)
+
+
+def _task_mark(run: Run, task: str) -> str:
+    score = _task(run, task)
+    return verdict_mark(score.verdicts) if score is not None else ""
+
+
 def _notes(stem: StemScore) -> str:
-    """Unparsed and rejected counts and why a stem was skipped, comma-separated."""
+    """Unparsed and rejected counts, verdict sources and why a stem was skipped, comma-separated."""
     notes = [f"{stem.unparsed} unparsed"] if stem.unparsed else []
     notes += [f"{stem.rejected} rejected"] if stem.rejected else []
+    if stem.verdicts:
+        sources = [f"{count} {source}" for source, count in stem.verdicts.items() if count]
+        notes += [f"verdicts: {' '.join(sources)}"] if sources else []
     notes += [f"skipped: {stem.skipped}"] if stem.skipped else []
     return ", ".join(notes)
 
@@ -112,20 +148,50 @@ def comparison_rows(runs: list[Run]) -> list[tuple[str, str, list[float | None]]
 
 
 def _task_normalized(run: Run, task: str) -> float | None:
-    return next((t.normalized for t in run.summary.tasks if t.task == task), None)
+    score = _task(run, task)
+    return score.normalized if score is not None else None
+
+
+def _marked_cells(runs: list[Run]) -> list[tuple[str, str, list[str]]]:
+    """:func:`comparison_rows` as text: each value to 3 decimals, a judged task's followed by
+    its :func:`verdict_mark`; then a ``tasks scored`` row."""
+    rows = []
+    for kind, label, values in comparison_rows(runs):
+        cells = [_number(v) for v in values]
+        if kind == "task":
+            cells = [f"{cell} {_task_mark(run, label)}".rstrip() for cell, run in zip(cells, runs)]
+        rows.append((kind, label, cells))
+    rows.append(("count", "tasks scored", [str(len(r.summary.tasks) - len(r.summary.skipped)) for r in runs]))
+    return rows
 
 
 def format_comparison(runs: list[Run]) -> str:
-    """Normalised scores side by side: one row per task, category and overall, one column per run."""
-    width = max(8, *(len(r.name) for r in runs))
+    """Normalised scores side by side: one row per task, category and overall (and the
+    number of tasks scored), one column per run; judged tasks marked (:func:`verdict_mark`)."""
+    rows = _marked_cells(runs)
+    width = max(8, *(len(r.name) for r in runs), *(len(c) for _, _, cells in rows for c in cells))
     lines = [f"{'':<16}" + "".join(f" {r.name:>{width}}" for r in runs)]
     previous = "task"
-    for kind, label, values in comparison_rows(runs):
+    for kind, label, cells in rows:
         if kind != previous:
             lines.append("-" * len(lines[0]))
             previous = kind
-        lines.append(f"{label:<16}" + "".join(f" {_number(v):>{width}}" for v in values))
+        lines.append(f"{label:<16}" + "".join(f" {c:>{width}}" for c in cells))
+    if any(_task_mark(run, t.task) for run in runs for t in run.summary.tasks):
+        lines.append(MARK_LEGEND)
     return "\n".join(lines)
+
+
+def format_markdown(runs: list[Run]) -> str:
+    """:func:`format_comparison` as a Markdown table (categories and overall in bold)."""
+    rows = _marked_cells(runs)
+    lines = ["| | " + " | ".join(r.name for r in runs) + " |", "|---|" + "---:|" * len(runs)]
+    for kind, label, cells in rows:
+        shown = label if kind == "task" else f"**{label}**"
+        lines.append(f"| {shown} | " + " | ".join(cells) + " |")
+    if any(_task_mark(run, t.task) for run in runs for t in run.summary.tasks):
+        lines += ["", MARK_LEGEND[0].upper() + MARK_LEGEND[1:] + "."]
+    return "\n".join(lines) + "\n"
 
 
 def write_report(runs: list[Run], out_dir: Path) -> list[Path]:
@@ -134,14 +200,15 @@ def write_report(runs: list[Run], out_dir: Path) -> list[Path]:
     if not runs or len(set(names)) != len(names):
         raise ValueError(f"runs need distinct names, got {names}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    png, page, scores = (out_dir / name for name in REPORT_FILES)
+    png, page, markdown, scores = (out_dir / name for name in REPORT_FILES)
     _draw_png(runs, png)
     page.write_text(_html_page(runs, png.read_bytes()), "utf-8")
+    markdown.write_text(format_markdown(runs), "utf-8")
     scores.write_text(json.dumps(
         {"runs": {r.name: {"source": r.source, "summary": r.summary.to_dict(),
                            "stems": {s: v.to_dict() for s, v in r.stems.items()}} for r in runs}},
         ensure_ascii=False, indent=1), "utf-8")
-    return [png, page, scores]
+    return [png, page, markdown, scores]
 
 
 def _draw_png(runs: list[Run], path: Path) -> None:
@@ -159,14 +226,17 @@ def _draw_png(runs: list[Run], path: Path) -> None:
         positions = [row + (i - (len(runs) - 1) / 2) * band for row in range(len(rows))]
         values = [vs[i] or 0.0 for _, _, vs in rows]
         bars = ax.barh(positions, values, height=band, color=_PALETTE[i % len(_PALETTE)])
-        labels = [_number(vs[i], 2) if vs[i] is not None else "n/a" for _, _, vs in rows]
+        labels = [(_number(vs[i], 2) if vs[i] is not None else "n/a")
+                  + (f" {_task_mark(run, label)}".rstrip() if kind == "task" else "")
+                  for kind, label, vs in rows]
         ax.bar_label(bars, labels=labels, padding=2, fontsize=6)
     ax.set_yticks(range(len(rows)), [label for _, label, _ in rows], fontsize=8)
     for tick, (kind, _, _) in zip(ax.get_yticklabels(), rows):
         tick.set_fontweight("normal" if kind == "task" else "bold")
     ax.invert_yaxis()
     ax.set_xlim(0, 1.12)
-    ax.set_xlabel("normalised score (0..1, higher is better)")
+    ax.set_xlabel("normalised score (0..1, higher is better)\n" + "\n".join(textwrap.wrap(MARK_LEGEND, 100)),
+                  fontsize=7)
     ax.set_title("LLaSO-Eval: normalised score per task, category and overall")
     figure.legend(handles=[Patch(color=_PALETTE[i % len(_PALETTE)], label=r.name) for i, r in enumerate(runs)],
                   loc="outside lower center", ncols=min(len(runs), 4), fontsize=8)
@@ -189,7 +259,8 @@ def _html_page(runs: list[Run], png: bytes) -> str:
     for _, task, _ in (row for row in comparison_rows(runs) if row[0] == "task"):
         scores = [next((t for t in r.summary.tasks if t.task == task), None) for r in runs]
         first = next(t for t in scores if t is not None)
-        cells = "".join(_cell(_number(t.value, 4)) + _cell(_percent(t.abstention_rate)) + _cell(_number(t.normalized))
+        cells = "".join(_cell(f"{_number(t.value, 4)} {verdict_mark(t.verdicts)}".rstrip())
+                        + _cell(_percent(t.abstention_rate)) + _cell(_number(t.normalized))
                         if t is not None else '<td colspan="3"></td>' for t in scores)
         task_rows.append(f"<tr><td>{html.escape(task)}</td><td>{html.escape(first.name)}</td>"
                          f"<td>{html.escape(first.category)}</td><td>{html.escape(first.metric or '-')}</td>{cells}</tr>")
@@ -239,7 +310,8 @@ td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
 </table>
 <h2>Metrics</h2>
 <ul>{notes}</ul>
+<p>{html.escape(MARK_LEGEND[0].upper() + MARK_LEGEND[1:])}.</p>
 <p>Overall: the mean of the task scores that exist, each task counting once; tasks without a
-score (a judge task with no judge) are left out, so compare runs over the same tasks.</p>
+score (a judge task with no verdicts) are left out, so compare runs over the same tasks.</p>
 </body></html>
 """

@@ -13,14 +13,21 @@ The metric of a file follows its task (``llaso_data.tasks`` maps the stem to the
   prediction earning 0.
 * PSWL, PSSL: ``exact_match`` of the integer scores; normalised = the value.
 * AQA, IP, SCR, EE (and LLaSM CONV): ``judge``, the mean 1..5 score; normalised
-  ``(mean - 1) / 4``.
+  ``(mean - 1) / 4``. A judge answer without a readable score counts as 1, the lowest
+  (reported as ``unparsed``), as MAE and exact match give an unparsed prediction 0.
 
 Texts are normalised as :mod:`llaso_eval.normalize` documents; accuracy and abstention
 follow LLaSO's definition (:mod:`llaso_eval.metrics`); MAE reads the first number of a
 prediction and reports predictions without one as ``unparsed`` (left out of the MAE,
-0 in the normalised score). A judge task is scored only when a judge is given; without
-one its value is None and ``skipped`` says why. An empty prediction gets judge score 1
-without asking the judge.
+0 in the normalised score). An empty prediction gets judge score 1 without a verdict.
+
+**Judge verdicts** come, record by record, from (1) LLaSO's published verdicts for that
+record (``gpt_result/``, matched by position and text), (2) the judge cache, for the
+judge of :attr:`VerdictStore.identity`, (3) the live judge, whose verdicts go to the
+cache (the same texts asked once per run); see :mod:`llaso_eval.judge_cache`. A record
+with none is *missing*: left out of the mean and counted. ``verdicts`` on the stem counts
+records by source; a judge stem where no record has a verdict (empty predictions aside)
+has value None and ``skipped`` says why.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from typing import Callable
 
 from . import metrics, normalize
 from .judge import Judge
+from .judge_cache import (JudgeIdentity, PublishedVerdicts, StemVerdicts, Verdict, VerdictStore, match_published,
+                          verdict_key)
 from .predictions import PredictionFile, PredictionRecord, RecordProblem, find_prediction_files, read_prediction_file
 
 CLASSIFICATION_TASKS = ("SGC", "AC", "SSD", "ER", "EIE", "SV", "VSC", "IC", "ISC", "VC")
@@ -45,6 +54,12 @@ _UNITS: dict[str, Callable[[str], list[str]]] = {
     "per": normalize.phone_symbols,
 }
 NO_JUDGE = "needs an LLM judge and none is configured"
+LOWEST_JUDGE_SCORE = 1
+"""What a record scores when its prediction is empty or its verdict holds no readable score."""
+VERDICT_SOURCES = ("cache", "live", "empty", "missing", "rejected")
+"""Keys of :attr:`StemScore.verdicts`: records judged from the cache (the cache file or
+LLaSO's ``gpt_result``), by the live judge, given 1 for an empty prediction, left without a
+verdict; and ``rejected``, published verdicts of the file not used (see the problems)."""
 
 
 @dataclass
@@ -59,7 +74,9 @@ class StemScore:
     for classification only; ``unparsed`` counts predictions holding no number (MAE), no
     score (exact_match) or judge answers without a score (judge). ``rejected`` counts
     records that could not be scored (see the problems); ``skipped`` says why a stem has
-    no value.
+    no value. ``verdicts`` (judge only) counts records by where their verdict came from
+    (:data:`VERDICT_SOURCES`); ``judges`` names the judges that gave them. For a judge
+    stem ``n`` counts the records with a score (a record without a verdict is not scored).
     """
 
     stem: str
@@ -74,14 +91,18 @@ class StemScore:
     rejected: int = 0
     skipped: str | None = None
     file: str = ""
+    verdicts: dict[str, int] | None = None
+    judges: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict:
         """The JSON form: ``metric``, ``value``, ``n`` always; optional fields when set."""
         data = {"task": self.task, "category": self.category, "metric": self.metric, "value": self.value,
                 "n": self.n, "normalized": self.normalized}
-        for name in ("abstention_rate", "unparsed", "skipped"):
+        for name in ("abstention_rate", "unparsed", "skipped", "verdicts"):
             if getattr(self, name) is not None:
                 data[name] = getattr(self, name)
+        if self.judges is not None:
+            data["judges"] = list(self.judges)
         data["rejected"] = self.rejected
         data["file"] = self.file
         return data
@@ -94,17 +115,28 @@ class StemScore:
                        value=data["value"], n=int(data["n"]), normalized=data.get("normalized"),
                        abstention_rate=data.get("abstention_rate"), unparsed=data.get("unparsed"),
                        rejected=int(data.get("rejected", 0)), skipped=data.get("skipped"),
-                       file=data.get("file", ""))
+                       file=data.get("file", ""), verdicts=_counts(data.get("verdicts")),
+                       judges=None if data.get("judges") is None else tuple(map(str, data["judges"])))
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"stem {stem!r}: not a stem score ({error!r})") from None
 
 
+def _counts(value) -> dict[str, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"verdicts must be an object of counts, found {type(value).__name__}")
+    return {str(k): int(v) for k, v in value.items()}
+
+
 @dataclass
 class DirectoryScore:
-    """Every stem of a prediction folder (in path order) and every record not scored."""
+    """Every stem of a prediction folder (in path order), every record not scored, and
+    every published verdict not used (``verdict_problems``)."""
 
     stems: dict[str, StemScore] = field(default_factory=dict)
     problems: list[RecordProblem] = field(default_factory=list)
+    verdict_problems: list[RecordProblem] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, dict]:
         """``{stem: StemScore.to_dict()}``: the ``llaso-eval score --json`` contract."""
@@ -112,15 +144,22 @@ class DirectoryScore:
 
 
 def score_directory(pred_dir: Path, judge: Judge | None = None, judge_workers: int = 8,
-                    progress: Callable[[StemScore], None] | None = None) -> DirectoryScore:
+                    progress: Callable[[StemScore], None] | None = None,
+                    verdicts: VerdictStore | None = None) -> DirectoryScore:
     """Score every prediction file under ``pred_dir`` (see
-    :func:`llaso_eval.predictions.find_prediction_files`); ``progress`` is called after each file."""
+    :func:`llaso_eval.predictions.find_prediction_files`); ``progress`` is called after each
+    file. With ``verdicts``, judged records take their verdicts from it first (LLaSO's
+    ``gpt_result/`` inside ``pred_dir`` included), and only the rest go to ``judge``."""
     result = DirectoryScore()
-    for path in find_prediction_files(pred_dir):
+    paths = find_prediction_files(pred_dir)
+    published = verdicts.published_for(pred_dir) if verdicts is not None else PublishedVerdicts()
+    for path in paths:
         predictions = read_prediction_file(path, name=path.relative_to(pred_dir).as_posix())
-        stem_score, problems = score_file(predictions, judge, judge_workers)
+        stem_score, problems, verdict_problems = score_file(
+            predictions, judge, judge_workers, verdicts, published.of(predictions.stem.stem))
         result.stems[stem_score.stem] = stem_score
         result.problems.extend(problems)
+        result.verdict_problems.extend(verdict_problems)
         if progress is not None:
             progress(stem_score)
     return result
@@ -143,9 +182,11 @@ def metric_for(task: str, references: list[str]) -> str | None:
     return None
 
 
-def score_file(predictions: PredictionFile, judge: Judge | None = None,
-               judge_workers: int = 8) -> tuple[StemScore, list[RecordProblem]]:
-    """The score of one file and the problems of its records that were not scored."""
+def score_file(predictions: PredictionFile, judge: Judge | None = None, judge_workers: int = 8,
+               verdicts: VerdictStore | None = None, published: StemVerdicts | None = None,
+               ) -> tuple[StemScore, list[RecordProblem], list[RecordProblem]]:
+    """The score of one file, the problems of its records that were not scored, and those
+    of the published verdicts (``published``: LLaSO's lines for this stem) not used."""
     info = predictions.stem
     problems = list(predictions.problems)
     base = {"stem": info.stem, "task": info.task, "category": info.category, "file": predictions.name}
@@ -153,17 +194,18 @@ def score_file(predictions: PredictionFile, judge: Judge | None = None,
     metric = metric_for(info.task, [r.reference for r in records])
     if metric is None:
         return StemScore(**base, metric=None, value=None, n=len(records), rejected=len(problems),
-                         skipped="the stem matches no LLaSO task"), problems
+                         skipped="the stem matches no LLaSO task"), problems, []
     records, invalid = _scorable(records, metric, info.task, predictions.name)
     problems += invalid
     if not records:
         return StemScore(**base, metric=metric, value=None, n=0, rejected=len(problems),
-                         skipped="no scorable records"), problems
-    if metric == "judge" and judge is None:
-        return StemScore(**base, metric=metric, value=None, n=len(records), rejected=len(problems),
-                         skipped=NO_JUDGE), problems
-    score = _SCORERS[metric](records, metric, info.task, judge, judge_workers)
-    return StemScore(**base, **score.__dict__, rejected=len(problems)), problems
+                         skipped="no scorable records"), problems, []
+    if metric == "judge":
+        score, verdict_problems = _judged(records, judge, judge_workers, verdicts, published or StemVerdicts(),
+                                          predictions.name)
+        return StemScore(**base, **score.__dict__, rejected=len(problems)), problems, verdict_problems
+    score = _SCORERS[metric](records, metric, info.task)
+    return StemScore(**base, **score.__dict__, rejected=len(problems)), problems, []
 
 
 @dataclass
@@ -176,6 +218,9 @@ class _Partial:
     normalized: float | None
     abstention_rate: float | None = None
     unparsed: int | None = None
+    skipped: str | None = None
+    verdicts: dict[str, int] | None = None
+    judges: tuple[str, ...] | None = None
 
 
 def _scorable(records: list[PredictionRecord], metric: str, task: str,
@@ -197,41 +242,83 @@ def _scorable(records: list[PredictionRecord], metric: str, task: str,
     return kept, problems
 
 
-def _error_rate(records: list[PredictionRecord], metric: str, task: str, judge, workers) -> _Partial:
+def _error_rate(records: list[PredictionRecord], metric: str, task: str) -> _Partial:
     units = _UNITS[metric]
     rate = metrics.error_rate([units(r.reference) for r in records], [units(r.prediction) for r in records])
     return _Partial(metric, rate.rate, len(records), max(0.0, 1.0 - rate.rate))
 
 
-def _accuracy(records: list[PredictionRecord], metric: str, task: str, judge, workers) -> _Partial:
+def _accuracy(records: list[PredictionRecord], metric: str, task: str) -> _Partial:
     result = metrics.classify([r.reference for r in records], [r.prediction for r in records])
     return _Partial("accuracy", result.accuracy, result.n, result.accuracy, abstention_rate=result.abstention_rate)
 
 
-def _mae(records: list[PredictionRecord], metric: str, task: str, judge, workers) -> _Partial:
+def _mae(records: list[PredictionRecord], metric: str, task: str) -> _Partial:
     golds = [metrics.parse_number(r.reference) for r in records]
     result = metrics.mean_absolute_error(golds, [r.prediction for r in records], MAE_SCALES[task])
     return _Partial("mae", result.mae, result.n, result.credit, unparsed=result.unparsed)
 
 
-def _exact_match(records: list[PredictionRecord], metric: str, task: str, judge, workers) -> _Partial:
+def _exact_match(records: list[PredictionRecord], metric: str, task: str) -> _Partial:
     result = metrics.score_match([r.reference for r in records], [r.prediction for r in records])
     return _Partial("exact_match", result.value, result.n, result.value, unparsed=result.unparsed)
 
 
-def _judged(records: list[PredictionRecord], metric: str, task: str, judge: Judge, workers: int) -> _Partial:
-    def ask(record: PredictionRecord) -> int | None:
+def _judged(records: list[PredictionRecord], judge: Judge | None, workers: int, store: VerdictStore | None,
+            published: StemVerdicts, label: str) -> tuple[_Partial, list[RecordProblem]]:
+    """The mean judge score of the records that have a verdict (module docstring)."""
+    matched, problems = match_published(records, published, label)
+    identity = (JudgeIdentity(judge.model, judge.prompt_version) if judge is not None
+                else store.identity if store is not None else None)
+    uses_question = judge is not None and judge.uses_question
+    found: dict[int, Verdict | None] = {}
+    sources = dict.fromkeys(VERDICT_SOURCES, 0)
+    sources["rejected"] = len(problems)
+    wanted: dict[str, PredictionRecord] = {}  # cache key -> the first record asking for it
+    keys: dict[int, str] = {}
+    for record in records:
+        question = record.question if uses_question else None
         if not record.prediction.strip():
-            return 1
-        return judge.score(record.question, record.reference, record.prediction)
+            sources["empty"] += 1
+            found[record.ordinal] = None
+        elif record.ordinal in matched:
+            sources["cache"] += 1
+            found[record.ordinal] = matched[record.ordinal]
+        elif identity is not None and store is not None and (
+                cached := store.cache.get(identity, record.reference, record.prediction, question)) is not None:
+            sources["cache"] += 1
+            found[record.ordinal] = cached
+        elif judge is not None:
+            sources["live"] += 1
+            keys[record.ordinal] = verdict_key(identity, record.reference, record.prediction, question)
+            wanted.setdefault(keys[record.ordinal], record)
+        else:
+            sources["missing"] += 1
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        scores = list(pool.map(ask, records))
-    valid = [s for s in scores if s is not None]
-    mean = sum(valid) / len(valid) if valid else None
-    return _Partial("judge", mean, len(records), None if mean is None else (mean - 1.0) / 4.0,
-                    unparsed=len(scores) - len(valid))
+    def ask(record: PredictionRecord) -> Verdict:
+        question = record.question if uses_question else None
+        verdict = Verdict.of(identity, record.reference, record.prediction,
+                             judge.evaluate(record.question, record.reference, record.prediction), question)
+        if store is not None:
+            store.cache.add(verdict)
+            if store.on_new is not None:
+                store.on_new(verdict)
+        return verdict
+
+    if wanted:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            answers = dict(zip(wanted, pool.map(ask, wanted.values())))
+        found |= {ordinal: answers[key] for ordinal, key in keys.items()}
+    scores = [LOWEST_JUDGE_SCORE if v is None or v.score is None else v.score for v in found.values()]
+    unparsed = sum(1 for v in found.values() if v is not None and v.score is None)
+    judges = tuple(sorted({str(v.judge) for v in found.values() if v is not None}))
+    if sources["missing"] and not sources["cache"] + sources["live"]:  # empty predictions alone do not score a file
+        return _Partial("judge", None, len(records), None, skipped=NO_JUDGE, verdicts=sources,
+                        judges=judges), problems
+    mean = sum(scores) / len(scores)
+    return _Partial("judge", mean, len(scores), (mean - 1.0) / 4.0, unparsed=unparsed, verdicts=sources,
+                    judges=judges), problems
 
 
 _SCORERS = {"wer": _error_rate, "cer": _error_rate, "per": _error_rate, "accuracy": _accuracy,
-            "mae": _mae, "exact_match": _exact_match, "judge": _judged}
+            "mae": _mae, "exact_match": _exact_match}

@@ -25,7 +25,8 @@ from .score import StemScore
 
 @dataclass(frozen=True)
 class TaskScore:
-    """One task over its stems; ``metric`` is ``"mixed"`` when its stems use several."""
+    """One task over its stems; ``metric`` is ``"mixed"`` when its stems use several;
+    ``verdicts`` (judged tasks) sums its stems' verdict counts by source."""
 
     task: str
     name: str
@@ -36,6 +37,7 @@ class TaskScore:
     value: float | None
     normalized: float | None
     abstention_rate: float | None
+    verdicts: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,19 @@ def _task_score(task: str, stems: list[StemScore]) -> TaskScore:
         value=_weighted(scored, "value") if metric != "mixed" else None,
         normalized=_weighted(stems, "normalized"),
         abstention_rate=_weighted(stems, "abstention_rate"),
+        verdicts=_summed([s.verdicts for s in stems if s.verdicts is not None]),
     )
+
+
+def _summed(counts: list[dict[str, int]]) -> dict[str, int] | None:
+    """Counts added key by key (None when there are none)."""
+    if not counts:
+        return None
+    total: dict[str, int] = {}
+    for count in counts:
+        for key, value in count.items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 def _weighted(stems: list[StemScore], name: str) -> float | None:

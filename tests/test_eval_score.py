@@ -351,9 +351,10 @@ def test_judge_scores_open_answers_over_http(tmp_path, judge_server):
     run = write_hand_scored_run(tmp_path / "run")
     judge = OpenAIJudge(url + "/v1", "judge-test", api_key="sekret")
     stem = score_directory(run, judge, judge_workers=3).to_dict()["dolly_input_1"]
-    # 5 (repeats the reference), 2 (differs), 1 (empty: not sent), no score (garbage)
-    assert stem["value"] == pytest.approx(8 / 3) and stem["normalized"] == pytest.approx((8 / 3 - 1) / 4)
-    assert stem["unparsed"] == 1 and "skipped" not in stem
+    # 5 (repeats the reference), 2 (differs), 1 (empty: not sent), no score (garbage): the lowest, 1
+    assert stem["value"] == pytest.approx(9 / 4) and stem["normalized"] == pytest.approx((9 / 4 - 1) / 4)
+    assert stem["unparsed"] == 1 and "skipped" not in stem and stem["n"] == 4
+    assert stem["verdicts"] == {"cache": 0, "live": 3, "empty": 1, "missing": 0, "rejected": 0}
     assert len(endpoint.requests) == 3
     for path, headers, body in endpoint.requests:
         assert path == "/v1/chat/completions"
@@ -432,7 +433,7 @@ def test_score_cli_prints_the_json_contract(tmp_path, judge_server):
     judged = subprocess.run([*LLASO_EVAL, "score", str(run), "--json", "--judge-url", url, "--judge-model", "m"],
                             cwd=REPO, capture_output=True, text=True)
     assert judged.returncode == 0, judged.stderr
-    assert json.loads(judged.stdout)["dolly_input_1"]["value"] == pytest.approx(8 / 3)
+    assert json.loads(judged.stdout)["dolly_input_1"]["value"] == pytest.approx(9 / 4)
 
     missing = subprocess.run([*LLASO_EVAL, "score", str(tmp_path / "nope")], cwd=REPO, capture_output=True, text=True)
     assert missing.returncode == 2 and "not a folder" in missing.stderr
@@ -458,7 +459,7 @@ def test_report_puts_two_runs_side_by_side(tmp_path):
     perfect = score_directory(_perfect_run(tmp_path / "perfect"))
     runs = [Run.of("hand", "hand", hand.stems), Run.of("perfect", "perfect", perfect.stems)]
     assert runs[1].summary.overall == 1.0
-    png, page, scores = write_report(runs, tmp_path / "report")
+    png, page, markdown, scores = write_report(runs, tmp_path / "report")
     width, height = _png_size(png)
     assert width > 300 and height > 200
     text = page.read_text("utf-8")
@@ -467,6 +468,11 @@ def test_report_puts_two_runs_side_by_side(tmp_path):
     saved = json.loads(scores.read_text("utf-8"))["runs"]
     assert saved["perfect"]["summary"]["overall"] == 1.0
     assert saved["hand"]["summary"]["overall"] == pytest.approx(runs[0].summary.overall)
+    table = markdown.read_text("utf-8").splitlines()
+    assert table[0] == "| | hand | perfect |"
+    assert "| AQA | - m | - |" in table  # judged, no verdict: marked missing; perfect has no AQA file
+    assert f"| **overall** | {runs[0].summary.overall:.3f} | 1.000 |" in table
+    assert "| **tasks scored** | 5 | 4 |" in table
     assert_hand_scores(saved["hand"]["stems"])
 
 
@@ -481,7 +487,8 @@ def test_report_cli_reads_score_json_and_folders(tmp_path):
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["base", "oracle"]
+    assert header.split() == ["oracle", "base"]  # best overall score first
     overall = next(r for r in rows if r.startswith("overall")).split()
-    assert overall[2] == "1.000"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.html", "report.png", "scores.json"]
+    assert overall[1] == "1.000" and float(overall[2]) < 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.html", "report.md", "report.png",
+                                                                    "scores.json"]
