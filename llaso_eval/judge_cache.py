@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from llaso_data.readers import iter_raw_records
+from llaso_data.ingest.readers import iter_raw_records
 
 from .judge import LLASO_JUDGE_MODEL, LLASO_PROMPT_VERSION, parse_score
 from .predictions import JUDGE_CACHE_FILE, PredictionRecord, RecordProblem, stem_of
