@@ -76,8 +76,11 @@ def _add_generate(commands) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
+    from llaso_train.quiet import hide_known_noise
+
     from .generate import GenerateOptions, generate
 
+    hide_known_noise()
     try:
         options = GenerateOptions(
             model=args.model, shards=args.shards, out=args.out, splits=tuple(args.splits),

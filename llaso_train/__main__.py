@@ -16,8 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError) as error:
         print(f"llaso_train: invalid config: {error}", file=sys.stderr)
         return 2
+    from .quiet import hide_known_noise
     from .recipe import train
 
+    hide_known_noise()
     train(config)
     return 0
 

@@ -18,6 +18,7 @@ run .venv/bin/llaso-shard stats shards/demo --chart shards/demo/stats.png
 # Train the tiny CPU preset on the shards: stage 1 (projector only), then stage 2 from its
 # projector, 2 processes under torchrun and DeepSpeed ZeRO-3.
 export DS_ACCELERATOR=cpu
+export OMP_NUM_THREADS=1   # one thread per rank on 2 cores (torchrun's default, stated so it need not warn)
 rm -rf runs/demo/align runs/demo/instruct runs/demo/predictions runs/demo/report
 run .venv/bin/torchrun --nproc_per_node 2 -m llaso_train --config llaso_train/configs/tiny_align.yaml \
     output_dir=runs/demo/align data.shards=shards/demo max_steps=12 save_every=0
