@@ -332,3 +332,45 @@ def test_plans_read_each_shard_from_its_manifest_row_range_and_refuse_a_reordere
     pq.write_table(table.take(np.arange(table.num_rows)[::-1]), copy / "index.parquet")
     with pytest.raises(ValueError, match=r"index\.parquet: row \d+ is not a sample of train/.*manifest order"):
         plan_rank(dataclasses.replace(config, sources=[Source(copy, Selection(("train",)))]), 0, 1, 0)
+
+
+@pytest.mark.parametrize("world_size,workers", [(1, 0), (2, 3), (3, 2)])
+def test_several_sources_stream_prefixed_keys_and_resume_exactly(shards, tmp_path_factory, world_size, workers):
+    """Three sources (the corpus, a copy of it restricted to two tasks, and its test split)
+    with uneven shard counts: equal batch counts, keys unique across sources, and resume
+    yields exactly the remaining batches."""
+    copy = tmp_path_factory.getbasetemp() / "second-source"
+    if not copy.exists():
+        shutil.copytree(shards, copy)
+    sources = [Source(shards, Selection(("train",)), 1.0, "a"), Source(copy, Selection(None, None, ("ASR", "SGC")), 2.0, "b"),
+               Source(shards, Selection(("test",)), 0.5, "c")]
+    config = StreamConfig(PlanConfig(sources, Mixing("natural", epoch_samples=90), Batching(batch_size=3)))
+    runs = []
+    for rank in range(world_size):
+        full = [b["keys"] for b in StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)]
+        runs.append(full)
+        cut = len(full) // 2
+        first = StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)
+        iterator = iter(first)
+        head = [next(iterator)["keys"] for _ in range(cut)]
+        state = first.state_dict()
+        del iterator
+        resumed = StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)
+        resumed.load_state_dict(state)
+        assert head + [b["keys"] for b in resumed] == full
+    assert len({len(r) for r in runs}) == 1 and runs[0]
+    keys = [k for r in runs for batch in r for k in batch]
+    assert {k.split("/")[0] for k in keys} == {"a", "b", "c"}
+    plans = [plan_rank(config.plan, 0, world_size, r) for r in range(world_size)]
+    assert Counter(k.split("/")[0] for k in keys) == Counter(
+        p.strata[s][0] for p in plans for b in p.batches for s in p.stratum[b])
+    # repeats only where a stratum is up-sampled (quota over its size)
+    sizes = Counter()
+    for name, root, selection in (("a", shards, sources[0].selection), ("b", copy, sources[1].selection),
+                                  ("c", shards, sources[2].selection)):
+        for row in pq.read_table(root / "manifest.parquet").to_pylist():
+            if selection.keeps(row["split"], row["modality"], row["task"]):
+                sizes[name, row["task"]] += row["num_samples"]
+    upsampled = {k for k, q in plans[0].quotas.items() if q > sizes[k]}
+    repeated = [k for k, n in Counter(keys).items() if n > 1]
+    assert all(any(k.startswith(f"{src}/") for src, _ in upsampled) for k in repeated)
