@@ -513,11 +513,13 @@ def _rank_slots(layout: _Epoch, shards: ShardTable, config: PlanConfig, epoch: i
         stratum, item = _interleave(layout, begin, end)
         shard_id = np.empty(len(item), np.int64)
         position = np.empty(len(item), np.int64)
-        for k in np.unique(stratum).tolist():
-            mask = stratum == k
+        grouped = np.argsort(stratum, kind="stable")  # slots by stratum, each in sequence order
+        bounds = np.searchsorted(stratum[grouped], np.arange(len(layout.strata) + 1))
+        for k in np.flatnonzero(np.diff(bounds)).tolist():
+            mask = grouped[bounds[k]:bounds[k + 1]]
             members = layout.members[k]
-            low = int(item[mask][0])  # items of a stratum are ascending along the sequence
-            member, number = _window_items(layout.takes[members], config.shard_window, low, low + int(mask.sum()))
+            low = int(item[mask[0]])  # items of a stratum are ascending along the sequence
+            member, number = _window_items(layout.takes[members], config.shard_window, low, low + len(mask))
             ids = members[member]
             shard_id[mask] = ids
             for s in np.unique(ids).tolist():
