@@ -28,6 +28,11 @@ Everything runs in one call, in a temporary folder under ``--workdir`` (deleted 
      ``--baseline-records N`` limits the loop to the first N records (the json.load of
      the whole merged file still counts); by default all records.
 
+   * reference: the same stream epoch run with the code of git revision ``--reference``
+     (default ``49ef4b6``, the block-shuffle planner that laid ranks out as whole shards),
+     extracted with ``git archive``, on the same corpus (``stream_over_reference_per_cpu_s``,
+     goal >= 1);
+
    for W = 1 and 2, each epoch in a fresh child process (imports before the clock;
    ``OPENBLAS_NUM_THREADS=1`` so that a worker is one core). Samples/s divided by W =
    samples/s per worker core (``speedup`` = stream / merged JSON, goal >= 10). As the
@@ -41,7 +46,8 @@ Everything runs in one call, in a temporary folder under ``--workdir`` (deleted 
    25.5M samples): a simulated converted corpus is built WITHOUT converting: the
    1,000-sample real shard is hard-linked (``os.link``) as ``size / 1000`` shards under
    ~25 realistic strata (``train/<modality>/<task>/<task>-NNNNNN.tar``, LLaSO-Align's
-   12M ALIGN samples plus the 20 LLaSO-Instruct tasks over three modalities), each with
+   12M ALIGN samples plus the 20 LLaSO-Instruct tasks over three modalities) in two
+   sources (``align/``: ALIGN; ``instruct/``: the rest), the stream mixing both, each with
    the real shard's 1,000 index rows (same offsets, so every row points at a real sample;
    keys made unique per shard). ``manifest.parquet`` and ``index.parquet`` are written with
    the schemas of ``llaso_data.manifest`` (index streamed by ``pyarrow.parquet.ParquetWriter``
@@ -49,8 +55,10 @@ Everything runs in one call, in a temporary folder under ``--workdir`` (deleted 
    writes it). Then, for world sizes 8 and 64 (rank 0), a FRESH child process measures the
    seconds of its imports, then from building ``ShardStream`` to the first batch of
    ``iter(StreamLoader(ShardStream(...), num_workers=0))`` (split into manifest load,
-   planning and the batch itself), and its peak RSS (``VmHWM``). Best of ``--repeats``
-   (time: minimum; RSS: maximum). Goals: < 5 s and < 1 GB per rank.
+   planning and the batch itself), and its peak RSS (``VmHWM``); after the clock, the
+   mixture of its batches (mean distinct tasks per batch against an i.i.d. shuffle's,
+   longest run of one-task batches) and the shards a worker keeps open. Best of
+   ``--repeats`` (time: minimum; RSS: maximum). Goals: < 5 s and < 1 GB per rank.
 
 4. **Padding ratio** (``llaso_data.stream.plan.padding_ratio``) of dynamic batches
    (``Batching(batch_size=None, max_tokens=4000)``) against fixed batches of 8 on the
@@ -194,11 +202,11 @@ def cpu_seconds() -> float:
 
 def stream_epoch(out: Path, workers: int) -> dict:
     """One epoch of the stream, planning included: samples, seconds, CPU seconds."""
-    from llaso_data.stream.plan import Batching, PlanConfig, Selection
+    from llaso_data.stream.plan import Batching, PlanConfig, Selection, Source
     from llaso_data.stream.loader import ShardStream, StreamConfig, StreamLoader
 
     cpu, started = cpu_seconds(), time.perf_counter()
-    config = StreamConfig(out, PlanConfig(selection=Selection(None), batching=Batching(batch_size=8)))
+    config = StreamConfig(PlanConfig([Source(out, Selection(None))], batching=Batching(batch_size=8)))
     loader = StreamLoader(ShardStream(config, rank=0, world_size=1), num_workers=workers)
     samples = 0
     for batch in loader:
@@ -276,12 +284,16 @@ def epoch_child(kind: str, path: str, audio_root: str, workers: int, limit: int)
     print(json.dumps(result), flush=True)
 
 
-def run_epoch(kind: str, path: Path, audio_root: Path, workers: int, limit: int | None) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--child-epoch", kind, str(path), str(audio_root),
+def run_epoch(kind: str, path: Path, audio_root: Path, workers: int, limit: int | None,
+              checkout: Path | None = None) -> dict:
+    """One epoch in a fresh child; ``checkout``: run it with that tree's code (its own
+    ``bench/loader.py`` and packages) instead of this one's."""
+    root = checkout or REPO
+    command = [sys.executable, str(root / "bench" / "loader.py"), "--child-epoch", kind, str(path), str(audio_root),
                str(workers), str(limit or 0)]
     # one BLAS thread: a DataLoader worker is one core (numpy's OpenBLAS would otherwise
     # spread the baseline's mel projection over the other core too)
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(root)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=3600, env=env)
     if done.returncode:
         raise RuntimeError(f"{kind} epoch child failed:\n{done.stderr[-4000:]}")
@@ -303,8 +315,24 @@ def _quotas(total: int, weights: list[float]) -> list[int]:
     return floors.tolist()
 
 
+SOURCES = {"align": lambda task: task == "ALIGN", "instruct": lambda task: task != "ALIGN"}
+
+
 def build_simulated(real: Path, target: Path, samples: int) -> dict:
-    """A converted corpus of ``samples`` samples made of hard links of ``real``'s one shard."""
+    """Two converted corpora under ``target`` (``align``: the ALIGN stratum; ``instruct``: the
+    others), ``samples`` samples in all, made of hard links of ``real``'s one shard."""
+    shards = samples // REAL_SHARD_SAMPLES
+    counts = _quotas(shards, [w for _, _, w in STRATA])
+    built = {}
+    for name, keeps in SOURCES.items():
+        mine = [(m, t, c) for (m, t, _), c in zip(STRATA, counts) if keeps(t)]
+        built[name] = build_source(real, target / name, mine)
+    return {"samples": sum(b["samples"] for b in built.values()), "shards": shards, "sources": built,
+            "build_s": round(sum(b["build_s"] for b in built.values()), 1)}
+
+
+def build_source(real: Path, target: Path, strata_counts: list[tuple[str, str, int]]) -> dict:
+    """A converted corpus with ``count`` hard links of ``real``'s one shard per (modality, task)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -322,10 +350,9 @@ def build_simulated(real: Path, target: Path, samples: int) -> dict:
     if rows.num_rows != REAL_SHARD_SAMPLES:
         raise RuntimeError("real shard's index rows do not match its manifest row")
     size = REAL_SHARD_SAMPLES
-    shards = samples // size
-    counts = _quotas(shards, [w for _, _, w in STRATA])
+    shards = sum(c for _, _, c in strata_counts)
     strata = []  # (name, modality, task)
-    for (modality, task, _), count in zip(STRATA, counts):
+    for modality, task, count in strata_counts:
         strata.extend((f"train/{modality}/{task}/{task}-{k:06d}.tar", modality, task) for k in range(count))
     strata.sort()
     target.mkdir(parents=True)
@@ -371,7 +398,7 @@ def build_simulated(real: Path, target: Path, samples: int) -> dict:
                       "bytes": real_row["bytes"], "sha256": real_row["sha256"]} for n, m, t in strata]
     pq.write_table(pa.Table.from_pylist(manifest_rows, schema=MANIFEST_SCHEMA), target / MANIFEST_FILE)
     metadata = pq.ParquetFile(target / INDEX_FILE).metadata
-    return {"samples": total, "shards": shards, "strata": len(counts), "samples_per_shard": size,
+    return {"samples": total, "shards": shards, "strata": len(strata_counts), "samples_per_shard": size,
             "index_row_groups": metadata.num_row_groups,
             "index_mb": round((target / INDEX_FILE).stat().st_size / 2**20, 1),
             "build_s": round(time.perf_counter() - started, 1), "link_s": round(linked - started, 1)}
@@ -383,8 +410,9 @@ def first_batch_child(out: str, world_size: int, profile: str | None) -> None:
     _llaso_imports()
     import torch  # noqa: F401
 
-    from llaso_data.stream.plan import Batching, PlanConfig, Selection
+    from llaso_data.stream.plan import Batching, PlanConfig, Selection, Source
     from llaso_data.stream.loader import ShardStream, StreamConfig, StreamLoader
+    from llaso_data.stream.preview import summarize
 
     imported = time.perf_counter()
     result = {"interpreter_s": round(import_started - _STARTED, 3), "import_s": round(imported - import_started, 3),
@@ -400,7 +428,8 @@ def first_batch_child(out: str, world_size: int, profile: str | None) -> None:
         profiler = cProfile.Profile()
         profiler.enable()
     begin = time.perf_counter()
-    config = StreamConfig(Path(out), PlanConfig(selection=Selection(None), batching=Batching(batch_size=8)))
+    sources = [Source(Path(out) / name, Selection(None)) for name in SOURCES]
+    config = StreamConfig(PlanConfig(sources, batching=Batching(batch_size=8)))
     stream = ShardStream(config, rank=0, world_size=world_size)
     built = time.perf_counter()
     plan = stream.plan  # what iter() would compute first; timed apart
@@ -429,8 +458,12 @@ def first_batch_child(out: str, world_size: int, profile: str | None) -> None:
         "plan_s": round(planned - built, 3), "batch_s": round(done - planned, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1), "slots": int(len(plan.shard)),
         "batches": len(plan.batches), "shards_touched": len(plan.shard_names),
-        "batch_samples": len(batch["keys"]),
+        "batch_samples": len(batch["keys"]), "open_shards": plan.open_shards,
     })
+    summary = summarize([plan], config.plan)  # after the clock: the mixture of rank 0's batches
+    result.update({"distinct_tasks_per_batch": summary.distinct_tasks_per_batch,
+                   "iid_tasks_per_batch": summary.iid_tasks_per_batch,
+                   "longest_one_task_run": summary.longest_one_task_run})
     print(json.dumps(result), flush=True)
 
 
@@ -457,12 +490,12 @@ def run_first_batch(out: Path, world_size: int, repeats: int, profile: str | Non
 def padding(out: Path) -> dict:
     import numpy as np
 
-    from llaso_data.stream.plan import Batching, PlanConfig, Selection, padding_ratio, plan_rank
+    from llaso_data.stream.plan import Batching, PlanConfig, Selection, Source, padding_ratio, plan_rank
 
     result = {}
     for label, batching in (("dynamic_max_tokens_4000", Batching(batch_size=None, max_tokens=4000)),
                             ("fixed_batch_8", Batching(batch_size=8))):
-        plan = plan_rank(out, PlanConfig(selection=Selection(None), batching=batching), 0, 1, 0)
+        plan = plan_rank(PlanConfig([Source(out, Selection(None))], batching=batching), 0, 1, 0)
         sizes = np.array([len(b) for b in plan.batches])
         result[label] = {"padding_ratio": round(padding_ratio(plan, batching), 4), "batches": len(plan.batches),
                          "mean_batch_samples": round(float(sizes.mean()), 2),
@@ -487,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="2550000,25500000", help="simulated index sizes, in samples")
     parser.add_argument("--world-sizes", default="8,64")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--reference", default="49ef4b6",
+                        help="git revision whose stream is timed too, on the same corpus (default: the "
+                             "block-shuffle planner, before the interleaved order); '' to skip")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile + tracemalloc the largest size's first-batch child (world size 8)")
@@ -546,6 +582,12 @@ def main(argv: list[str] | None = None) -> int:
         if report.written != len(records) or report_one.written != REAL_SHARD_SAMPLES:
             raise RuntimeError(f"conversion lost samples: {report.to_dict()} / {report_one.to_dict()}")
         tars = sorted(out.rglob("*.tar"))
+        reference = None
+        if args.reference:
+            reference = work / "reference"
+            reference.mkdir()
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", args.reference], capture_output=True, check=True)
+            subprocess.run(["tar", "-x", "-C", str(reference)], input=archive.stdout, check=True)
 
         # ---- part 1 (each epoch in a fresh child process)
         throughput = {}
@@ -556,6 +598,15 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run_epoch("stream", out, src, w, None))
             best = min(runs, key=lambda r: r["seconds"])
             _log(f"stream W={w}: {best}", quiet)
+            reference_rate = None
+            if reference is not None:
+                reference_runs = []
+                for _ in range(args.repeats):
+                    warm_cache(tars)
+                    reference_runs.append(run_epoch("stream", out, src, w, None, checkout=reference))
+                reference_best = min(reference_runs, key=lambda r: r["seconds"])
+                reference_rate = reference_best["samples"] / reference_best["cpu_s"]
+                _log(f"reference stream W={w}: {reference_best}", quiet)
             base_runs = []
             for _ in range(args.baseline_repeats):
                 warm_cache(audio_files)
@@ -578,6 +629,10 @@ def main(argv: list[str] | None = None) -> int:
                 "merged_json_samples_per_cpu_s": round(base_cpu_rate, 2),
                 "speedup_per_cpu_s": round(stream_cpu_rate / base_cpu_rate, 1),
             }
+            if reference_rate is not None:
+                throughput[str(w)].update({
+                    "reference_samples_per_cpu_s": round(reference_rate, 1),
+                    "stream_over_reference_per_cpu_s": round(stream_cpu_rate / reference_rate, 2)})
         result["throughput"] = throughput
         result["stream_samples_per_s_per_worker"] = {w: v["stream_samples_per_s_per_worker"] for w, v in throughput.items()}
         result["merged_json_samples_per_s_per_worker"] = {w: v["merged_json_samples_per_s_per_worker"]
@@ -614,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---- goals
         goals = {"speedup_ge_10": result["speedup_min"] >= GOALS["speedup"],
+                 "not_slower_than_reference_per_cpu_s": all(
+                     v.get("stream_over_reference_per_cpu_s", 1.0) >= 1.0 for v in throughput.values()),
                  "speedup_per_cpu_s_ge_10": min(result["speedup_per_cpu_s"].values()) >= GOALS["speedup"]}
         for size, entry in scale.items():
             for ws in world_sizes:

@@ -62,6 +62,28 @@ def _build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--chart", type=Path, default=None, help="write a chart (.png, .svg or .html)")
     stats.add_argument("--metric", choices=("hours", "samples"), default="hours")
     stats.set_defaults(run=_run_stats)
+
+    plan = commands.add_parser("plan", help="preview an epoch's mixture over one or more converted corpora")
+    plan.add_argument("out", type=Path, nargs="+", help="converted corpora (the sources, in order)")
+    plan.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per source (default 1)")
+    plan.add_argument("--mixing", choices=("natural", "uniform", "temperature", "explicit"), default="natural")
+    plan.add_argument("--temperature", type=float, default=1.0)
+    plan.add_argument("--task-weights", default=None, metavar="TASK=W,...", help="weights of explicit mixing")
+    plan.add_argument("--splits", nargs="+", default=["train"], help="splits to use ('all' for every split)")
+    plan.add_argument("--modalities", nargs="+", default=None)
+    plan.add_argument("--tasks", nargs="+", default=None)
+    size = plan.add_mutually_exclusive_group()
+    size.add_argument("--batch-size", type=int, default=None, help="fixed batches (default 8)")
+    size.add_argument("--max-tokens", type=int, default=None, help="dynamic batches under this token budget")
+    plan.add_argument("--max-length", type=int, default=None, help="drop samples estimated longer (tokens)")
+    plan.add_argument("--audio-tokens-per-second", type=float, default=10.0,
+                      help="audio tokens per second of audio (Whisper's 50 frames/s over the stack; default 10)")
+    plan.add_argument("--chars-per-token", type=float, default=4.0)
+    plan.add_argument("--world-size", type=int, default=1)
+    plan.add_argument("--epoch", type=int, default=0)
+    plan.add_argument("--seed", type=int, default=0)
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+    plan.set_defaults(run=_run_plan)
     return parser
 
 
@@ -161,6 +183,40 @@ def _run_stats(args: argparse.Namespace) -> int:
     if args.chart:
         write_chart(rows, args.chart, metric=args.metric)
         print(f"chart written to {args.chart}")
+    return 0
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from llaso_data.stream.plan import Batching, Mixing, PlanConfig, Selection, Source
+    from llaso_data.stream.preview import preview
+
+    try:
+        weights = args.weights or [1.0] * len(args.out)
+        if len(weights) != len(args.out):
+            raise ValueError(f"{len(weights)} weights for {len(args.out)} sources")
+        splits = None if args.splits == ["all"] else tuple(args.splits)
+        selection = Selection(splits, *(None if v is None else tuple(v) for v in (args.modalities, args.tasks)))
+        task_weights = None
+        if args.task_weights:
+            pairs = [item.split("=", 1) for item in args.task_weights.split(",")]
+            task_weights = {task: float(weight) for task, weight in pairs}
+        batching = Batching(batch_size=None if args.max_tokens else (args.batch_size or 8),
+                            max_tokens=args.max_tokens, audio_tokens_per_second=args.audio_tokens_per_second,
+                            chars_per_token=args.chars_per_token, max_length=args.max_length)
+        names = [out.resolve().name for out in args.out]
+        sources = [Source(out, selection, weight, name if names.count(name) == 1 else f"{name}-{number}")
+                   for number, (out, weight, name) in enumerate(zip(args.out, weights, names))]
+        config = PlanConfig(sources, Mixing(args.mixing, args.temperature, task_weights), batching, seed=args.seed)
+        if args.world_size < 1:
+            raise ValueError("--world-size must be >= 1")
+        summary = preview(config, args.world_size, args.epoch)
+    except (OSError, ValueError) as error:
+        print(f"llaso-shard plan: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+    else:
+        print("\n".join(summary.lines()))
     return 0
 
 

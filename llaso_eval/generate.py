@@ -26,7 +26,7 @@ import torch
 
 from llaso_data.stream.chat import renderer, special_token_ids
 from llaso_data.manifest import INDEX_FILE
-from llaso_data.stream.plan import Batching, PlanConfig, Selection
+from llaso_data.stream.plan import Batching, PlanConfig, Selection, Source
 from llaso_data.records import Sample
 from llaso_data.stream.loader import ShardStream, StreamConfig, StreamLoader
 
@@ -167,9 +167,9 @@ def generate(options: GenerateOptions) -> dict | None:
         model = model.to(device=device, dtype=dtype)
     model.eval()
 
-    plan = PlanConfig(selection=options.selection,
+    plan = PlanConfig([Source(options.shards, options.selection)],
                       batching=Batching(batch_size=options.batch_size, remainder="pad"))
-    stream = ShardStream(StreamConfig(options.shards, plan, settings.waveform), rank, world,
+    stream = ShardStream(StreamConfig(plan, settings.waveform), rank, world,
                          render=renderer(tokenizer, fmt, settings.max_length, prompt_only=True),
                          pad_id=tokenizer.pad_token_id)
     loader = StreamLoader(stream, num_workers=options.num_workers)

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from llaso_data.frontend import FRAMES_PER_CHUNK, FRAMES_PER_SECOND
-from llaso_data.stream.plan import Batching, Mixing, Selection
+from llaso_data.stream.plan import Batching, Mixing, PlanConfig, Selection, Source
 
 STAGES = ("align", "instruct")
 
@@ -50,11 +50,18 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Which shards, how mixed and batched (see ``llaso_data.stream.plan``). ``max_tokens``
-    budgets use ``chars_per_token`` to estimate text tokens from characters: calibrate it
-    for the tokenizer in use (about 4 for Llama-3 on English, about 2 for the tiny one)."""
+    """Which shards, how mixed and batched (see ``llaso_data.stream.plan``).
 
-    shards: str = "shards/demo"
+    ``shards``: one converted corpus, selected by ``splits`` / ``modalities`` / ``tasks``;
+    or ``sources``: several, each ``{shards: PATH, weight: W, name: N, splits: [...],
+    modalities: [...], tasks: [...]}`` (selection keys default to the section's own;
+    ``weight`` to 1; ``name`` to the folder name). Set exactly one of the two; ``shards`` is
+    the one-source case of ``sources``. ``max_tokens`` budgets and the ``max_length`` check
+    at planning use ``chars_per_token`` to estimate text tokens from characters: calibrate
+    it for the tokenizer in use (about 4 for Llama-3 on English, about 2 for the tiny one)."""
+
+    shards: str | None = None
+    sources: list | None = None
     splits: list | None = field(default_factory=lambda: ["train"])
     modalities: list | None = None
     tasks: list | None = None
@@ -65,29 +72,56 @@ class DataConfig:
     max_tokens: int | None = None
     chars_per_token: float = 4.0
     shuffle_block: int = 1024
+    shard_window: int = 4
     num_workers: int = 1
     max_length: int = 2048
     max_chunks: int = 20
 
     def __post_init__(self):
+        if (self.shards is None) == (self.sources is None):
+            raise ValueError("data: set exactly one of data.shards and data.sources")
         try:  # the planner's own rules, so they are stated once
-            self.selection(), self.mixing_rule(), self.batching(stack=1)
-        except ValueError as error:
+            self.plan(stack=1, seed=0)
+        except (ValueError, TypeError) as error:
             raise ValueError(f"data: {error}") from None
         if self.num_workers < 0:
             raise ValueError("data.num_workers must be >= 0")
 
-    def selection(self) -> Selection:
-        return Selection(*(None if v is None else tuple(v) for v in (self.splits, self.modalities, self.tasks)))
+    def selection(self, entry: dict | None = None) -> Selection:
+        """The selection of a ``sources`` entry, its missing keys taken from this section
+        (no entry: the section's own)."""
+        entry = entry or {}
+        values = [entry.get(key, getattr(self, key)) for key in ("splits", "modalities", "tasks")]
+        return Selection(*(None if v is None else tuple(v) for v in values))
+
+    def plan_sources(self) -> list[Source]:
+        """The planner's sources: one for ``shards``, one per ``sources`` entry."""
+        if self.sources is None:
+            return [Source(self.shards, self.selection())]
+        known = {"shards", "weight", "name", "splits", "modalities", "tasks"}
+        sources = []
+        for number, entry in enumerate(self.sources):
+            if not isinstance(entry, dict) or "shards" not in entry or set(entry) - known:
+                raise ValueError(f"data.sources[{number}] must be a mapping with shards and only {sorted(known)}")
+            sources.append(Source(entry["shards"], self.selection(entry), float(entry.get("weight", 1.0)),
+                                  entry.get("name")))
+        return sources
 
     def mixing_rule(self) -> Mixing:
         return Mixing(self.mixing, self.temperature, self.weights)
 
     def batching(self, stack: int) -> Batching:
         """The planner's batching for a projector stacking ``stack`` encoder frames (audio
-        costs ``FRAMES_PER_SECOND / stack`` tokens per second)."""
+        costs ``FRAMES_PER_SECOND / stack`` tokens per second); samples estimated longer than
+        ``max_length`` tokens are dropped at planning."""
         return Batching(batch_size=self.batch_size, max_tokens=self.max_tokens,
-                        audio_tokens_per_second=FRAMES_PER_SECOND / stack, chars_per_token=self.chars_per_token)
+                        audio_tokens_per_second=FRAMES_PER_SECOND / stack, chars_per_token=self.chars_per_token,
+                        max_length=self.max_length)
+
+    def plan(self, stack: int, seed: int) -> PlanConfig:
+        """The whole plan configuration."""
+        return PlanConfig(self.plan_sources(), self.mixing_rule(), self.batching(stack), seed=seed,
+                          shuffle_block=self.shuffle_block, shard_window=self.shard_window)
 
 
 @dataclass
@@ -119,7 +153,7 @@ class TrainConfig:
 
     stage: str = "align"
     model: ModelConfig = None
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     output_dir: str = "runs/train"
     max_steps: int = 100
@@ -139,6 +173,8 @@ class TrainConfig:
             raise ValueError(f"stage must be one of {STAGES}, not {self.stage!r}")
         if self.model is None:
             raise ValueError("a model section is required")
+        if self.data is None:
+            raise ValueError("a data section is required")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError("zero_stage must be 0, 1, 2 or 3")
         if self.bf16 not in ("auto", True, False):

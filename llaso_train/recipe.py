@@ -21,8 +21,8 @@ import torch.distributed as dist
 
 from llaso_data.frontend import SAMPLE_RATE
 from llaso_data.stream.chat import ChatFormat, ensure_chat_tokens, renderer, special_token_ids, tiny_tokenizer
-from llaso_data.stream.plan import PlanConfig
 from llaso_data.stream.loader import ShardStream, StreamConfig, StreamLoader
+from llaso_data.stream.preview import summarize
 from llaso_data.stream.windows import WaveformConfig
 
 from .config import TrainConfig, to_dict
@@ -64,13 +64,16 @@ def _min_over_ranks(count: int) -> int:
 
 
 def build_loader(config: TrainConfig, tokenizer, fmt: ChatFormat, rank: int, world: int) -> StreamLoader:
+    """The rank's loader over ``data.shards`` or ``data.sources``; plans epoch 0 now (all ranks
+    together: dynamic batch counts are agreed over the process group) and prints rank 0's
+    mixture summary (quotas, batches, samples dropped at planning, tasks per batch)."""
     data = config.data
-    plan = PlanConfig(
-        selection=data.selection(), mixing=data.mixing_rule(), batching=data.batching(config.model.stack),
-        seed=config.seed, shuffle_block=data.shuffle_block)
-    stream = StreamConfig(Path(data.shards), plan, WaveformConfig(max_chunks=data.max_chunks, stack=config.model.stack))
+    plan = data.plan(config.model.stack, config.seed)
+    stream = StreamConfig(plan, WaveformConfig(max_chunks=data.max_chunks, stack=config.model.stack))
     dataset = ShardStream(stream, rank, world, render=renderer(tokenizer, fmt, data.max_length),
                           pad_id=tokenizer.pad_token_id, agree=_min_over_ranks if world > 1 else None)
+    for line in summarize([dataset.prepare()], plan).lines():
+        log0(f"data: {line}")
     return StreamLoader(dataset, num_workers=data.num_workers)
 
 
@@ -219,6 +222,8 @@ def train(config: TrainConfig) -> None:
                 if step >= config.max_steps:
                     break
             else:
+                log0(f"epoch {loader.dataset.epoch} done; samples skipped by the loader so far (rank 0): "
+                     f"{loader.skipped or 'none'}")
                 loader.set_epoch(loader.dataset.epoch + 1)
     finally:
         for handle in (keys_file, metrics_file):

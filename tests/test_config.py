@@ -67,7 +67,11 @@ def test_an_override_creates_a_missing_section(tmp_path):
     (["model.attn_implementation=flash"], "unknown attn_implementation"),
     (["data.max_tokens=4000"], "data: set exactly one of batch_size and max_tokens"),
     (["data.batch_size=null"], "data: set exactly one of batch_size and max_tokens"),
-    (["data.batch_size=0"], "data: batch_size and max_tokens must be >= 1"),
+    (["data.batch_size=0"], "data: batch_size, max_tokens and max_length must be >= 1"),
+    (["data.sources=[{shards: a}]"], "data: set exactly one of data.shards and data.sources"),
+    (["data.shards=null", "data.sources=[{shards: a, weight: 0}]"], "data: source a: weight must be positive"),
+    (["data.shards=null", "data.sources=[{shards: a}, {shards: b/a}]"], "data: source names must be unique"),
+    (["data.shards=null", "data.sources=[{path: a}]"], r"data: data.sources\[0\] must be a mapping with shards"),
     (["data.chars_per_token=0"], "data: audio_tokens_per_second and chars_per_token must be positive"),
     (["data.mixing=zipf"], "data: unknown mixing mode 'zipf'"),
     (["data.mixing=explicit"], "data: explicit mixing needs weights"),
@@ -80,6 +84,18 @@ def test_an_override_creates_a_missing_section(tmp_path):
 def test_invalid_settings_are_refused_with_the_field_named(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         load_config(_write(tmp_path, MINIMAL), overrides)
+
+
+def test_sources_build_the_planner_sources_with_the_section_defaults(tmp_path):
+    config = load_config(_write(tmp_path, MINIMAL), [
+        "data.shards=null", "data.splits=[train, dev]",
+        "data.sources=[{shards: /d/align, weight: 3}, {shards: /d/instruct, name: inst, tasks: [ASR, SGC]}]"])
+    align, instruct = config.data.plan_sources()
+    assert (str(align.root), align.name, align.weight, align.selection.splits) == ("/d/align", "align", 3.0,
+                                                                                  ("train", "dev"))
+    assert (instruct.name, instruct.weight, instruct.selection.tasks) == ("inst", 1.0, ("ASR", "SGC"))
+    one = load_config(_write(tmp_path, MINIMAL)).data.plan(stack=5, seed=3)
+    assert [(str(s.root), s.weight) for s in one.sources] == [("some/where", 1.0)] and one.seed == 3
 
 
 def test_a_recipe_without_a_model_is_refused(tmp_path):

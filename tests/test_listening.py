@@ -23,7 +23,7 @@ import pytest
 import soundfile
 import torch
 from llaso_data.stream.chat import IGNORE_INDEX, ChatFormat, renderer, special_token_ids
-from llaso_data.stream.plan import Batching, PlanConfig, Selection, plan_rank
+from llaso_data.stream.plan import Batching, PlanConfig, Selection, Source, plan_rank
 from llaso_data.records import Sample
 from llaso_data.stream.loader import collate, to_torch
 from llaso_synth.corpus import write_corpus
@@ -99,12 +99,12 @@ def train(shards: Path, out: Path, *overrides: str, steps: int = STEPS, lr: str 
 
 def read_split(shards: Path, split: str, waveform: WaveformConfig) -> list[tuple[Sample, list[list[np.ndarray]]]]:
     """Every sample of ``split`` with its clips cut into windows, read back from the shards."""
-    plan = plan_rank(shards, PlanConfig(selection=Selection((split,)), batching=Batching(batch_size=1)), 0, 1, 0)
-    reader = ShardReader(shards)
+    plan = plan_rank(PlanConfig([Source(shards, Selection((split,)))], batching=Batching(batch_size=1)), 0, 1, 0)
+    reader = ShardReader()
     try:
         records = []
         for slot in range(len(plan.offset)):
-            sample, clips = reader.read(plan.shard_names[plan.shard[slot]], int(plan.offset[slot]))
+            sample, clips = reader.read(plan.shard_path(plan.shard[slot]), int(plan.offset[slot]))
             records.append((sample, [chunk_waveform(decode_clip(c), waveform) for c in clips]))
         return records
     finally:

@@ -3,6 +3,7 @@ dynamic batches, exact resume, and safety against planted or truncated members."
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import pickle
 import shutil
@@ -17,7 +18,8 @@ import soundfile
 import soxr
 import torch
 
-from llaso_data.stream.plan import Batching, Mixing, PlanConfig, Selection, padding_ratio, plan_rank, task_quotas
+from llaso_data.stream.plan import (Batching, Mixing, PlanConfig, Selection, Source, padding_ratio, plan_rank,
+                                    stratum_quotas)
 from llaso_data.stream.loader import ShardStream, StreamConfig, StreamLoader
 from llaso_synth.corpus import write_corpus
 from llaso_data.stream.shard_reader import CorruptShardError
@@ -44,8 +46,8 @@ def _served(plan) -> list[tuple[str, int]]:
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
 @pytest.mark.parametrize("batch_size", [1, 3, 5])
 def test_equal_batches_per_rank_and_no_sample_twice(shards, world_size, batch_size):
-    config = PlanConfig(selection=Selection(None), batching=Batching(batch_size=batch_size), seed=1)
-    plans = [plan_rank(shards, config, 0, world_size, r) for r in range(world_size)]
+    config = PlanConfig([Source(shards, Selection(None))], batching=Batching(batch_size=batch_size), seed=1)
+    plans = [plan_rank(config, 0, world_size, r) for r in range(world_size)]
     counts = {len(p.batches) for p in plans}
     assert len(counts) == 1
     served = [x for p in plans for x in _served(p)]
@@ -60,7 +62,7 @@ def test_fewer_shards_than_ranks_times_workers(shards):
     manifest = pq.read_table(shards / "manifest.parquet").to_pylist()
     asr_shards = [r for r in manifest if r["split"] == "train" and r["task"] == "ASR" and r["modality"] == "text_audio"]
     assert len(asr_shards) < 4 * 3
-    config = StreamConfig(shards, PlanConfig(selection=selection, batching=Batching(batch_size=1)))
+    config = StreamConfig(PlanConfig([Source(shards, selection)], batching=Batching(batch_size=1)))
     keys_per_rank = []
     for rank in range(4):
         loader = StreamLoader(ShardStream(config, rank=rank, world_size=4), num_workers=3)
@@ -73,8 +75,8 @@ def test_fewer_shards_than_ranks_times_workers(shards):
 def test_padding_fills_the_remainder_with_declared_repeats(shards):
     total = pq.read_metadata(shards / "index.parquet").num_rows
     batch_size = next(b for b in (4, 5, 7, 11) if total % (3 * b))
-    config = PlanConfig(selection=Selection(None), batching=Batching(batch_size=batch_size, remainder="pad"))
-    plans = [plan_rank(shards, config, 0, 3, r) for r in range(3)]
+    config = PlanConfig([Source(shards, Selection(None))], batching=Batching(batch_size=batch_size, remainder="pad"))
+    plans = [plan_rank(config, 0, 3, r) for r in range(3)]
     served = [x for p in plans for x in _served(p)]
     index = pq.read_table(shards / "index.parquet", columns=["shard", "offset"]).to_pylist()
     assert set(served) == {(row["shard"], row["offset"]) for row in index}   # every sample, nothing else
@@ -86,8 +88,8 @@ def test_padding_fills_the_remainder_with_declared_repeats(shards):
 def test_quota_mixing_is_exact_over_an_epoch(shards):
     weights = {"ASR": 0.5, "SGC": 0.3, "ER": 0.2}
     mixing = Mixing("explicit", weights=weights, epoch_samples=60)
-    config = PlanConfig(selection=Selection(None), mixing=mixing, batching=Batching(batch_size=5))
-    plans = [plan_rank(shards, config, 0, 2, r) for r in range(2)]
+    config = PlanConfig([Source(shards, Selection(None))], mixing=mixing, batching=Batching(batch_size=5))
+    plans = [plan_rank(config, 0, 2, r) for r in range(2)]
     manifest = {r["shard"]: r["task"] for r in pq.read_table(shards / "manifest.parquet").to_pylist()}
     served = Counter(manifest[shard] for p in plans for shard, _ in _served(p))
     assert served == {"ASR": 30, "SGC": 18, "ER": 12}
@@ -106,18 +108,22 @@ def test_quota_mixing_is_exact_over_an_epoch(shards):
 
 
 def test_quota_modes():
-    sizes = {"ASR": 900, "SGC": 90, "ER": 10}
-    assert task_quotas(sizes, Mixing("natural")) == sizes
-    assert task_quotas(sizes, Mixing("uniform")) == {"ASR": 334, "ER": 333, "SGC": 333}
-    tempered = task_quotas(sizes, Mixing("temperature", temperature=2.0))
-    assert sum(tempered.values()) == 1000 and tempered["ER"] > 10 and tempered["ASR"] < 900
-    assert task_quotas(sizes, Mixing("explicit", weights={"ASR": 1, "ER": 1}, epoch_samples=7)) in (
-        {"ASR": 4, "ER": 3, "SGC": 0}, {"ASR": 3, "ER": 4, "SGC": 0})
+    sizes = {("a", "ASR"): 900, ("a", "SGC"): 90, ("a", "ER"): 10}
+    assert stratum_quotas(sizes, Mixing("natural")) == sizes
+    assert stratum_quotas(sizes, Mixing("uniform")) == {("a", "ASR"): 334, ("a", "ER"): 333, ("a", "SGC"): 333}
+    tempered = stratum_quotas(sizes, Mixing("temperature", temperature=2.0))
+    assert sum(tempered.values()) == 1000 and tempered["a", "ER"] > 10 and tempered["a", "ASR"] < 900
+    explicit = stratum_quotas(sizes, Mixing("explicit", weights={"ASR": 1, "ER": 1}, epoch_samples=7))
+    assert explicit in ({("a", "ASR"): 4, ("a", "ER"): 3, ("a", "SGC"): 0}, {("a", "ASR"): 3, ("a", "ER"): 4, ("a", "SGC"): 0})
+    # a source weight multiplies the mode's weight of each of its strata
+    two = {("a", "ASR"): 100, ("b", "ASR"): 100, ("b", "ER"): 100}
+    assert stratum_quotas(two, Mixing("uniform"), {"a": 2.0, "b": 1.0}) == {
+        ("a", "ASR"): 150, ("b", "ASR"): 75, ("b", "ER"): 75}
 
 
 def test_shuffle_decorrelates_neighbours_and_changes_per_epoch(shards):
-    config = PlanConfig(selection=Selection(None), batching=Batching(batch_size=1), shuffle_block=64)
-    first = plan_rank(shards, config, 0, 1, 0)
+    config = PlanConfig([Source(shards, Selection(None))], batching=Batching(batch_size=1), shuffle_block=64)
+    first = plan_rank(config, 0, 1, 0)
     emitted = np.array([s for b in first.batches for s in b])
     read_neighbours = np.mean(np.abs(np.diff(emitted)) == 1)  # neighbours also adjacent in the shards
     assert read_neighbours < 0.1
@@ -126,31 +132,31 @@ def test_shuffle_decorrelates_neighbours_and_changes_per_epoch(shards):
     pairs = [(ordinal[a], ordinal[b]) for a, b in zip(_served(first)[:-1], _served(first)[1:])]
     same_file_neighbours = sum(a[0] == b[0] and abs(a[1] - b[1]) == 1 for a, b in pairs)
     assert same_file_neighbours < 0.05 * len(pairs)
-    second = plan_rank(shards, config, 1, 1, 0)
+    second = plan_rank(config, 1, 1, 0)
     assert _served(first) != _served(second) and sorted(_served(first)) == sorted(_served(second))
 
 
 def test_dynamic_batches_keep_equal_counts_and_reduce_padding(shards):
     dynamic = Batching(batch_size=None, max_tokens=600, audio_tokens_per_second=25)
-    config = PlanConfig(selection=Selection(None), batching=dynamic, shuffle_block=128)
-    own = [len(plan_rank(shards, config, 0, 3, r).batches) for r in range(3)]
-    plans = [plan_rank(shards, config, 0, 3, r, agree=lambda n: min(own)) for r in range(3)]
+    config = PlanConfig([Source(shards, Selection(None))], batching=dynamic, shuffle_block=128)
+    own = [len(plan_rank(config, 0, 3, r, agree=lambda n: n).batches) for r in range(3)]
+    plans = [plan_rank(config, 0, 3, r, agree=lambda n: min(own)) for r in range(3)]
     assert {len(p.batches) for p in plans} == {min(own)}
     assert sum(p.dropped_batches for p in plans) == sum(own) - 3 * min(own)
     for plan in plans:
         costs = plan.seconds * 25 + plan.chars / 4
         for batch in plan.batches:
             assert len(batch) == 1 or costs[batch].max() * len(batch) <= 600
-    fixed = PlanConfig(selection=Selection(None), batching=Batching(batch_size=4, audio_tokens_per_second=25))
-    assert padding_ratio(plans[0], dynamic) < padding_ratio(plan_rank(shards, fixed, 0, 3, 0), fixed.batching)
+    fixed = PlanConfig([Source(shards, Selection(None))], batching=Batching(batch_size=4, audio_tokens_per_second=25))
+    assert padding_ratio(plans[0], dynamic) < padding_ratio(plan_rank(fixed, 0, 3, 0), fixed.batching)
 
 
 @pytest.mark.parametrize("world_size,workers", [(1, 0), (2, 1), (3, 2), (4, 3), (2, 3)])
 def test_resume_yields_exactly_the_remaining_samples(shards, world_size, workers):
-    config = StreamConfig(shards, PlanConfig(selection=Selection(None), batching=Batching(batch_size=3)))
+    config = StreamConfig(PlanConfig([Source(shards, Selection(None))], batching=Batching(batch_size=3)))
     for rank in range(world_size):
         full = [b["keys"] for b in StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)]
-        planned = plan_rank(shards, config.plan, 0, world_size, rank)
+        planned = plan_rank(config.plan, 0, world_size, rank)
         assert len(full) == len(planned.batches)
         cut = len(full) // 2 + rank
         first = StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)
@@ -164,7 +170,7 @@ def test_resume_yields_exactly_the_remaining_samples(shards, world_size, workers
 
 
 def test_batches_carry_16khz_windows_of_at_most_30_s(shards):
-    config = StreamConfig(shards, PlanConfig(selection=Selection(None), batching=Batching(batch_size=4)))
+    config = StreamConfig(PlanConfig([Source(shards, Selection(None))], batching=Batching(batch_size=4)))
     longest = 0
     for batch in StreamLoader(ShardStream(config), num_workers=0):
         for sample_number, length in zip(batch["chunk_sample"].tolist(), batch["chunk_lengths"].tolist()):
@@ -200,7 +206,7 @@ def test_chunks_are_each_clip_exactly_as_soundfile_decodes_it(shards, workers):
     """16-bit 16 kHz mono clips travel as int16, the rest as float32; either way float_chunks
     gives the float32 waveform bit for bit, cut into 30 s windows, zero-padded."""
     clips = _clip_bytes(shards)
-    config = StreamConfig(shards, PlanConfig(selection=Selection(None), batching=Batching(batch_size=1)))
+    config = StreamConfig(PlanConfig([Source(shards, Selection(None))], batching=Batching(batch_size=1)))
     dtypes = Counter()
     for batch in StreamLoader(ShardStream(config), num_workers=workers):
         (sample,) = batch["samples"]
@@ -258,11 +264,11 @@ def test_planted_pickle_members_are_never_unpickled(shards, tmp_path):
         return [members[0], (f"{stem}.audio0.pyd", pickle.dumps(_Exploit(str(marker))))] + members[2:]
 
     copy, shard = _plant(shards, tmp_path, plant)
-    config = StreamConfig(copy, PlanConfig(selection=Selection(None), batching=Batching(batch_size=1)))
+    config = StreamConfig(PlanConfig([Source(copy, Selection(None))], batching=Batching(batch_size=1)))
     with pytest.raises(CorruptShardError, match=rf"{shard}: member .*\.audio0\.pyd"):
         for _ in StreamLoader(ShardStream(config), num_workers=0):
             pass
-    skipping = StreamLoader(ShardStream(StreamConfig(copy, config.plan, on_corrupt="skip")), num_workers=0)
+    skipping = StreamLoader(ShardStream(StreamConfig(config.plan, on_corrupt="skip")), num_workers=0)
     served = sum(len(b["keys"]) for b in skipping)
     # the planted member shifts the members after it, so the shard's later samples fail too
     assert skipping.skipped["corrupt"] >= 1 and served == len(skipping) - skipping.skipped["corrupt"]
@@ -276,11 +282,11 @@ def test_truncated_shard_gives_the_documented_error(shards, tmp_path):
     copy, shard = _plant(shards, tmp_path, lambda members: members)
     data = (copy / shard).read_bytes()
     (copy / shard).write_bytes(data[: len(data) // 3])
-    config = StreamConfig(copy, PlanConfig(selection=Selection(None), batching=Batching(batch_size=2)))
+    config = StreamConfig(PlanConfig([Source(copy, Selection(None))], batching=Batching(batch_size=2)))
     with pytest.raises(CorruptShardError, match=rf"{shard}: .*(truncated|no valid member header)"):
         for _ in StreamLoader(ShardStream(config), num_workers=1):
             pass
-    skipping = StreamLoader(ShardStream(StreamConfig(copy, config.plan, on_corrupt="skip")), num_workers=1)
+    skipping = StreamLoader(ShardStream(StreamConfig(config.plan, on_corrupt="skip")), num_workers=1)
     list(skipping)
     assert skipping.skipped["corrupt"] >= 1
 
@@ -290,7 +296,7 @@ def test_rendered_batches_place_every_audio_chunk_on_its_placeholders(shards):
 
     tokenizer = tiny_tokenizer()
     audio_pad = special_token_ids(tokenizer)[ChatFormat().audio_pad]
-    config = StreamConfig(shards, PlanConfig(selection=Selection(None), batching=Batching(batch_size=4)))
+    config = StreamConfig(PlanConfig([Source(shards, Selection(None))], batching=Batching(batch_size=4)))
     stream = ShardStream(config, render=renderer(tokenizer), pad_id=tokenizer.pad_token_id)
     batches = 0
     for batch in StreamLoader(stream, num_workers=1):
@@ -312,10 +318,10 @@ def test_rendered_batches_place_every_audio_chunk_on_its_placeholders(shards):
 def test_plans_read_each_shard_from_its_manifest_row_range_and_refuse_a_reordered_index(shards, tmp_path):
     """The index is read by the row ranges the manifest implies (rows grouped by shard in
     manifest order); an index whose rows are elsewhere is refused, naming the shard."""
-    config = PlanConfig(selection=Selection(("train",)), batching=Batching(batch_size=2))
+    config = PlanConfig([Source(shards, Selection(("train",)))], batching=Batching(batch_size=2))
     index = pq.read_table(shards / "index.parquet").to_pylist()
     by_position = {(r["shard"], r["offset"]): r for r in index}
-    plan = plan_rank(shards, config, 0, 1, 0)
+    plan = plan_rank(config, 0, 1, 0)
     for slot in range(len(plan.offset)):
         row = by_position[plan.shard_names[plan.shard[slot]], int(plan.offset[slot])]
         assert row["split"] == "train" and row["text_chars"] == plan.chars[slot]
@@ -325,4 +331,46 @@ def test_plans_read_each_shard_from_its_manifest_row_range_and_refuse_a_reordere
     table = pq.read_table(copy / "index.parquet")
     pq.write_table(table.take(np.arange(table.num_rows)[::-1]), copy / "index.parquet")
     with pytest.raises(ValueError, match=r"index\.parquet: row \d+ is not a sample of train/.*manifest order"):
-        plan_rank(copy, config, 0, 1, 0)
+        plan_rank(dataclasses.replace(config, sources=[Source(copy, Selection(("train",)))]), 0, 1, 0)
+
+
+@pytest.mark.parametrize("world_size,workers", [(1, 0), (2, 3), (3, 2)])
+def test_several_sources_stream_prefixed_keys_and_resume_exactly(shards, tmp_path_factory, world_size, workers):
+    """Three sources (the corpus, a copy of it restricted to two tasks, and its test split)
+    with uneven shard counts: equal batch counts, keys unique across sources, and resume
+    yields exactly the remaining batches."""
+    copy = tmp_path_factory.getbasetemp() / "second-source"
+    if not copy.exists():
+        shutil.copytree(shards, copy)
+    sources = [Source(shards, Selection(("train",)), 1.0, "a"), Source(copy, Selection(None, None, ("ASR", "SGC")), 2.0, "b"),
+               Source(shards, Selection(("test",)), 0.5, "c")]
+    config = StreamConfig(PlanConfig(sources, Mixing("natural", epoch_samples=90), Batching(batch_size=3)))
+    runs = []
+    for rank in range(world_size):
+        full = [b["keys"] for b in StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)]
+        runs.append(full)
+        cut = len(full) // 2
+        first = StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)
+        iterator = iter(first)
+        head = [next(iterator)["keys"] for _ in range(cut)]
+        state = first.state_dict()
+        del iterator
+        resumed = StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)
+        resumed.load_state_dict(state)
+        assert head + [b["keys"] for b in resumed] == full
+    assert len({len(r) for r in runs}) == 1 and runs[0]
+    keys = [k for r in runs for batch in r for k in batch]
+    assert {k.split("/")[0] for k in keys} == {"a", "b", "c"}
+    plans = [plan_rank(config.plan, 0, world_size, r) for r in range(world_size)]
+    assert Counter(k.split("/")[0] for k in keys) == Counter(
+        p.strata[s][0] for p in plans for b in p.batches for s in p.stratum[b])
+    # repeats only where a stratum is up-sampled (quota over its size)
+    sizes = Counter()
+    for name, root, selection in (("a", shards, sources[0].selection), ("b", copy, sources[1].selection),
+                                  ("c", shards, sources[2].selection)):
+        for row in pq.read_table(root / "manifest.parquet").to_pylist():
+            if selection.keeps(row["split"], row["modality"], row["task"]):
+                sizes[name, row["task"]] += row["num_samples"]
+    upsampled = {k for k, q in plans[0].quotas.items() if q > sizes[k]}
+    repeated = [k for k, n in Counter(keys).items() if n > 1]
+    assert all(any(k.startswith(f"{src}/") for src, _ in upsampled) for k in repeated)

@@ -4,7 +4,8 @@ trainer iterates (with exact resume).
 Shapes in a batch (``B`` samples, ``C`` audio chunks over the batch, ``N`` longest chunk in
 samples, ``T`` longest token sequence):
 
-* ``keys``: list[str] (B); ``tasks``: list[str] (B); ``samples``: list[Sample] (B)
+* ``keys``: list[str] (B), the samples' keys, prefixed ``<source name>/`` in a stream of
+  several sources (unique across them); ``tasks``: list[str] (B); ``samples``: list[Sample] (B)
 * ``chunks``: (C, N) 16 kHz mono waveforms, zero-padded: int16 PCM when every clip of the
   batch is 16-bit PCM at 16 kHz mono (their samples as stored), else float32 in [-1, 1];
   :func:`float_chunks` gives float32 either way, exactly (``x / 32768`` for int16, what
@@ -27,6 +28,7 @@ tensor each would cost a shared-memory file and a file-descriptor handshake.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -44,17 +46,22 @@ from llaso_data.stream.windows import WaveformConfig, chunk_waveform, decode_cli
 
 @dataclass(frozen=True)
 class StreamConfig:
-    """Everything a rank's stream needs besides its rank: the converted corpus, the plan,
-    the waveform windows and what to do with a corrupt sample (``raise`` or ``skip``)."""
+    """Everything a rank's stream needs besides its rank: the plan (its sources included),
+    the waveform windows, what to do with a corrupt sample (``raise`` or ``skip``) and the
+    most shards a worker keeps open (``max_open_shards``; ``None``: the plan's
+    ``open_shards``, so no shard in use is ever closed early). A worker closes each shard
+    after the last batch that reads it."""
 
-    out: Path
-    plan: PlanConfig = PlanConfig()
+    plan: PlanConfig
     waveform: WaveformConfig = WaveformConfig()
     on_corrupt: str = "raise"
+    max_open_shards: int | None = None
 
     def __post_init__(self):
         if self.on_corrupt not in ("raise", "skip"):
             raise ValueError("on_corrupt must be 'raise' or 'skip'")
+        if self.max_open_shards is not None and self.max_open_shards < 1:
+            raise ValueError("max_open_shards must be >= 1")
 
 
 Renderer = Callable[[Sample, list[int]], object]
@@ -71,7 +78,7 @@ class ShardStream(IterableDataset):
                  agree: Callable[[int], int] | None = None):
         self.config, self.rank, self.world_size = config, rank, world_size
         self.render, self.pad_id, self.agree = render, pad_id, agree
-        self._shards = ShardTable.load(config.out, config.plan.selection)
+        self._shards = ShardTable.load(config.plan.sources)
         self.epoch = 0
         self.start_batch = 0
         self._plan: RankPlan | None = None
@@ -79,7 +86,7 @@ class ShardStream(IterableDataset):
     @property
     def plan(self) -> RankPlan:
         if self._plan is None or self._plan.epoch != self.epoch:
-            self._plan = plan_rank(self.config.out, self.config.plan, self.epoch, self.world_size, self.rank,
+            self._plan = plan_rank(self.config.plan, self.epoch, self.world_size, self.rank,
                                    shards=self._shards, agree=self.agree)
         return self._plan
 
@@ -94,28 +101,56 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         plan = self.plan
-        reader = ShardReader(self.config.out)
+        numbers = plan.worker_batches(worker, workers, self.start_batch)
+        reader = ShardReader(self.config.max_open_shards or max(plan.open_shards, 1))
+        paths = [plan.shard_path(n) for n in range(len(plan.shard_names))]
+        prefix = len(plan.sources) > 1
         try:
-            for number in plan.worker_batches(worker, workers, self.start_batch):
-                yield self._batch(plan, number, reader)
+            finished = _last_uses(plan, numbers)
+            for position, number in enumerate(numbers):
+                yield self._batch(plan, number, reader, paths, prefix)
+                for shard in finished.get(position, ()):
+                    reader.release(paths[shard])
         finally:
             reader.close()
 
-    def _batch(self, plan: RankPlan, number: int, reader: ShardReader) -> dict:
+    def _batch(self, plan: RankPlan, number: int, reader: ShardReader, paths: list[Path], prefix: bool) -> dict:
         samples, waveforms, skipped = [], [], {}
         for slot in plan.batches[number]:
-            shard = plan.shard_names[plan.shard[slot]]
+            shard = int(plan.shard[slot])
             try:
-                sample, clips = reader.read(shard, int(plan.offset[slot]))
+                sample, clips = reader.read(paths[shard], int(plan.offset[slot]))
                 decoded = [chunk_waveform(decode_clip(c), self.config.waveform) for c in clips]
             except (CorruptShardError, RuntimeError, ValueError) as error:
                 if self.config.on_corrupt == "raise":
                     raise CorruptShardError(f"{error}") from error
                 skipped["corrupt"] = skipped.get("corrupt", 0) + 1
                 continue
+            if prefix:
+                sample = dataclasses.replace(sample, key=f"{plan.sources[plan.shard_source[shard]].name}/{sample.key}")
             samples.append(sample)
             waveforms.append(decoded)
         return collate(samples, waveforms, self.config.waveform, self.render, self.pad_id, skipped)
+
+
+def _last_uses(plan: RankPlan, numbers: range) -> dict[int, list[int]]:
+    """``{i: shards}``: the shards that batch ``numbers[i]`` reads for the last time in the
+    sequence ``numbers`` (one worker's, in order), which the worker may close after it."""
+    if not len(numbers):
+        return {}
+    if isinstance(plan.batches, np.ndarray):
+        chosen = plan.batches[numbers.start:numbers.stop:numbers.step]
+        slots, position = chosen.ravel(), np.repeat(np.arange(len(chosen)), chosen.shape[1])
+    else:
+        chosen = [plan.batches[n] for n in numbers]
+        slots = np.concatenate(chosen)
+        position = np.repeat(np.arange(len(chosen)), [len(b) for b in chosen])
+    shard = plan.shard[slots]
+    shards, at = np.unique(shard[::-1], return_index=True)
+    finished: dict[int, list[int]] = {}
+    for s, p in zip(shards.tolist(), position[len(shard) - 1 - at].tolist()):
+        finished.setdefault(p, []).append(s)
+    return finished
 
 
 def collate(samples: list[Sample], waveforms: list[list[list[np.ndarray]]], waveform: WaveformConfig,

@@ -18,29 +18,42 @@ class CorruptShardError(ValueError):
 
 
 class ShardReader:
-    """Keeps the shards one worker touches open; ``read(shard, offset)`` returns
-    ``(sample, [clip bytes, ...])``."""
+    """Keeps the shards one worker uses open: ``read(path, offset)`` returns
+    ``(sample, [clip bytes, ...])``; ``release(path)`` closes a shard the worker is done
+    with. At most ``max_open`` stay open (beyond it the least recently used is closed, and
+    reopened if read again). Errors name the shard by its path."""
 
-    def __init__(self, root: Path, max_open: int = 16):
-        self._root, self._max_open = root, max_open
-        self._open: dict[str, tarfile.TarFile] = {}
+    def __init__(self, max_open: int = 64):
+        if max_open < 1:
+            raise ValueError("max_open must be >= 1")
+        self._max_open = max_open
+        self._open: dict[Path, tarfile.TarFile] = {}
 
-    def _tar(self, shard: str) -> tarfile.TarFile:
-        tar = self._open.pop(shard, None)
+    def _tar(self, path: Path) -> tarfile.TarFile:
+        tar = self._open.pop(path, None)
         if tar is None:
             if len(self._open) >= self._max_open:
                 oldest = next(iter(self._open))
                 self._open.pop(oldest).close()
-            path = self._root / shard
             try:
                 tar = tarfile.open(path, mode="r:")
             except (OSError, tarfile.TarError) as error:
-                raise CorruptShardError(f"{shard}: cannot open as a tar: {error}") from None
-        self._open[shard] = tar  # most recently used last
+                raise CorruptShardError(f"{path}: cannot open as a tar: {error}") from None
+        self._open[path] = tar  # most recently used last
         return tar
 
-    def read(self, shard: str, offset: int) -> tuple[Sample, list[bytes]]:
-        tar = self._tar(shard)
+    @property
+    def open_count(self) -> int:
+        return len(self._open)
+
+    def release(self, path: Path) -> None:
+        tar = self._open.pop(path, None)
+        if tar is not None:
+            tar.close()
+
+    def read(self, path: Path, offset: int) -> tuple[Sample, list[bytes]]:
+        tar = self._tar(path)
+        shard = str(path)
         member = self._member_at(tar, shard, offset)
         if not member.name.endswith(".json"):
             raise CorruptShardError(f"{shard}: member {member.name}: expected a sample's .json at byte {offset}")
