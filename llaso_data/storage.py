@@ -88,6 +88,16 @@ def _s3_settings() -> tuple:
     return endpoint, region, attempts
 
 
+def open_file(location: str | os.PathLike) -> "RangeFile":
+    """A ranged reader of the file at ``location`` (a local path or an object URL)."""
+    return open_store(location).open_file("")
+
+
+def join(root: str | os.PathLike, name: str) -> str | Path:
+    """``name`` (relative, ``/``-separated) under ``root``: a URL for a URL root, else a Path."""
+    return f"{os.fspath(root).rstrip('/')}/{name}" if is_url(root) else Path(root) / name
+
+
 @functools.lru_cache(maxsize=8)
 def _s3_filesystem(endpoint: str, region: str, attempts: int) -> pafs.S3FileSystem:
     """One client per configuration and process (its connection pool is reused)."""

@@ -85,7 +85,7 @@ def test_the_tree_shows_the_pipeline():
     assert sorted(p.name for p in (ROOT / "llaso_data").iterdir() if p.is_dir() and p.name != "__pycache__") \
         == sorted(FLOW)
     top = {p.stem for p in (ROOT / "llaso_data").glob("*.py")} - {"__init__"}
-    assert top == {"records", "tasks", "manifest", "frontend", "cli"}
+    assert top == {"records", "tasks", "manifest", "frontend", "storage", "cli"}
     assert not (ROOT / "llaso_data" / "synth.py").exists()
 
 

@@ -114,7 +114,7 @@ class ShardStream(IterableDataset):
         finally:
             reader.close()
 
-    def _batch(self, plan: RankPlan, number: int, reader: ShardReader, paths: list[Path], prefix: bool) -> dict:
+    def _batch(self, plan: RankPlan, number: int, reader: ShardReader, paths: list[str | Path], prefix: bool) -> dict:
         samples, waveforms, skipped = [], [], {}
         for slot in plan.batches[number]:
             shard = int(plan.shard[slot])

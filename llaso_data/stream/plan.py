@@ -56,7 +56,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
-from llaso_data.manifest import INDEX_FILE, read_manifest
+from llaso_data.manifest import INDEX_FILE, open_index, read_manifest
+from llaso_data.storage import join
 
 FRAME_SLOTS = 1024      # mean slots per interleave frame
 PHASE_SCALE = 1 << 16   # phases are integers / PHASE_SCALE
@@ -103,9 +104,10 @@ class Source:
             raise ValueError(f"source {self.root}: name {name!r} must be non-empty, without '/'")
         object.__setattr__(self, "name", name)
 
-    def path(self, relative: str) -> Path:
-        """Where the source's file ``relative`` (a shard or a table) lives."""
-        return Path(self.root) / relative
+    def path(self, relative: str) -> str | Path:
+        """Where the source's file ``relative`` (a shard or a table) lives: a Path under a
+        local root, a URL under an object-store root (``s3://bucket/prefix``)."""
+        return join(self.root, relative)
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,7 @@ class ShardTable:
     def load(cls, sources: Sequence[Source]) -> "ShardTable":
         names, numbers, tasks, sizes, firsts = [], [], [], [], []
         for number, source in enumerate(sources):
-            rows = read_manifest(Path(source.root)).select(
+            rows = read_manifest(source.root).select(
                 ["shard", "split", "modality", "task", "num_samples"]).to_pylist()
             first_row = 0  # the index lists samples grouped by shard in manifest order
             for row in rows:
@@ -313,7 +315,7 @@ class RankPlan:
         0, 1, ..., W-1 in turn, so this is exactly the planned order)."""
         return range(start + worker, len(self.batches), max(num_workers, 1))
 
-    def shard_path(self, number: int) -> Path:
+    def shard_path(self, number: int) -> str | Path:
         """Location of the plan's shard ``number``."""
         return self.sources[self.shard_source[number]].path(self.shard_names[number])
 
@@ -612,7 +614,12 @@ def _read_index_rows(source: Source, names: Sequence[str], first_rows: np.ndarra
     checked at both ends of every range: an index that does not list the shards' samples
     where the manifest says raises ValueError."""
     path = source.path(INDEX_FILE)
-    index = pq.ParquetFile(path, read_dictionary=["shard"])
+    with open_index(source.root, read_dictionary=["shard"]) as index:
+        return _index_rows(index, path, names, first_rows, sizes)
+
+
+def _index_rows(index: pq.ParquetFile, path: str | Path, names: Sequence[str], first_rows: np.ndarray,
+                sizes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     metadata = index.metadata
     group_starts = np.cumsum([0] + [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])
     lasts = first_rows + sizes  # one past each range's last row

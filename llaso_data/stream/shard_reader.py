@@ -3,14 +3,27 @@
 Only the sample's ``.json`` member (parsed with ``json``) and its ``audioN.*`` members
 (returned as bytes, decoded later with soundfile) are read. Nothing is unpickled; a member
 of any other kind where a clip is expected is an error.
+
+A shard is a local path or an object-store URL, read through the storage layer by byte
+ranges (the same code for both): a sample costs one ranged read of :data:`READ_AHEAD` bytes
+from its index offset (its headers, its JSON and the start of its first clip), then one
+read of exactly the rest of each clip that did not fit. Consecutive samples of a shard
+share the read-ahead, so samples smaller than it cost less than one request each
+(``bench/object_store.py`` measures requests per sample and bytes read per byte used).
 """
 
 from __future__ import annotations
 
+import io
+import os
 import tarfile
-from pathlib import Path
 
 from llaso_data.records import Sample
+from llaso_data.storage import RangeFile, StorageError, open_file
+
+READ_AHEAD = 64 * 1024
+"""Bytes fetched by a read that misses the buffer, unless the read itself wants more."""
+Location = "str | os.PathLike"
 
 
 class CorruptShardError(ValueError):
@@ -21,22 +34,27 @@ class ShardReader:
     """Keeps the shards one worker uses open: ``read(path, offset)`` returns
     ``(sample, [clip bytes, ...])``; ``release(path)`` closes a shard the worker is done
     with. At most ``max_open`` stay open (beyond it the least recently used is closed, and
-    reopened if read again). Errors name the shard by its path."""
+    reopened if read again). Errors name the shard by its path or URL: a shard that is
+    missing or not a tar raises :class:`CorruptShardError`; a read that still fails after
+    the storage layer's retries raises :class:`~llaso_data.storage.StorageError` naming the
+    URL, the shard and the sample's byte offset."""
 
     def __init__(self, max_open: int = 64):
         if max_open < 1:
             raise ValueError("max_open must be >= 1")
         self._max_open = max_open
-        self._open: dict[Path, tarfile.TarFile] = {}
+        self._open: dict[Location, tarfile.TarFile] = {}
 
-    def _tar(self, path: Path) -> tarfile.TarFile:
+    def _tar(self, path: Location) -> tarfile.TarFile:
         tar = self._open.pop(path, None)
         if tar is None:
             if len(self._open) >= self._max_open:
                 oldest = next(iter(self._open))
-                self._open.pop(oldest).close()
+                _close(self._open.pop(oldest))
             try:
-                tar = tarfile.open(path, mode="r:")
+                tar = tarfile.open(fileobj=RangeReader(open_file(path)), mode="r:")
+            except StorageError:
+                raise
             except (OSError, tarfile.TarError) as error:
                 raise CorruptShardError(f"{path}: cannot open as a tar: {error}") from None
         self._open[path] = tar  # most recently used last
@@ -46,12 +64,18 @@ class ShardReader:
     def open_count(self) -> int:
         return len(self._open)
 
-    def release(self, path: Path) -> None:
+    def release(self, path: Location) -> None:
         tar = self._open.pop(path, None)
         if tar is not None:
-            tar.close()
+            _close(tar)
 
-    def read(self, path: Path, offset: int) -> tuple[Sample, list[bytes]]:
+    def read(self, path: Location, offset: int) -> tuple[Sample, list[bytes]]:
+        try:
+            return self._read(path, offset)
+        except StorageError as error:
+            raise StorageError(f"{path}: sample at byte {offset}: {error}") from error
+
+    def _read(self, path: Location, offset: int) -> tuple[Sample, list[bytes]]:
         tar = self._tar(path)
         shard = str(path)
         member = self._member_at(tar, shard, offset)
@@ -98,5 +122,59 @@ class ShardReader:
 
     def close(self) -> None:
         for tar in self._open.values():
-            tar.close()
+            _close(tar)
         self._open.clear()
+
+
+def _close(tar: tarfile.TarFile) -> None:
+    """Close ``tar`` and the ranged file under it (tarfile leaves a given file open)."""
+    tar.close()
+    tar.fileobj.close()
+
+
+class RangeReader(io.RawIOBase):
+    """A seekable, read-only file over a :class:`~llaso_data.storage.RangeFile` that keeps
+    the last fetched range: a read inside it costs nothing; one past it fetches what is
+    missing, at least :data:`READ_AHEAD` bytes (one request on an object store)."""
+
+    def __init__(self, file: RangeFile):
+        self._file, self._size = file, file.size
+        self._position, self._start, self._buffer = 0, 0, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = base + offset
+        return self._position
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = self._size if size is None or size < 0 else min(self._size, self._position + size)
+        if end <= self._position:
+            return b""
+        inside = self._start <= self._position < self._start + len(self._buffer)
+        head = self._buffer[self._position - self._start:end - self._start] if inside else b""
+        missing = self._position + len(head)
+        if missing < end:
+            fetched = self._file.read_at(missing, max(end - missing, READ_AHEAD))
+            self._start, self._buffer = missing, fetched
+            head += fetched[:end - missing]
+        self._position += len(head)
+        return head
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
