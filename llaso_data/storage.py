@@ -77,7 +77,7 @@ def open_store(location: str | os.PathLike) -> "Store":
     root = rest.strip("/")
     if not root:
         raise ValueError(f"storage URL {text!r} names no bucket")
-    return Store(f"s3://{root}", _s3_filesystem(*_s3_settings()), root)
+    return Store(f"s3://{root}", _s3_filesystem(os.getpid(), *_s3_settings()), root)
 
 
 def _s3_settings() -> tuple:
@@ -99,8 +99,10 @@ def join(root: str | os.PathLike, name: str) -> str | Path:
 
 
 @functools.lru_cache(maxsize=8)
-def _s3_filesystem(endpoint: str, region: str, attempts: int) -> pafs.S3FileSystem:
-    """One client per configuration and process (its connection pool is reused)."""
+def _s3_filesystem(pid: int, endpoint: str, region: str, attempts: int) -> pafs.S3FileSystem:
+    """One client per configuration and process (its connection pool is reused). ``pid``
+    keys the cache: a forked process (a DataLoader worker) must not reuse its parent's
+    client, whose connections it shares (reads came back truncated when it did)."""
     options = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts),
                "connect_timeout": _CONNECT_TIMEOUT_S, "request_timeout": _REQUEST_TIMEOUT_S}
     if endpoint:

@@ -119,7 +119,7 @@ class ShardStream(IterableDataset):
         for slot in plan.batches[number]:
             shard = int(plan.shard[slot])
             try:
-                sample, clips = reader.read(paths[shard], int(plan.offset[slot]))
+                sample, clips = reader.read(paths[shard], int(plan.offset[slot]), int(plan.end[slot]))
                 decoded = [chunk_waveform(decode_clip(c), self.config.waveform) for c in clips]
             except (CorruptShardError, RuntimeError, ValueError) as error:
                 if self.config.on_corrupt == "raise":

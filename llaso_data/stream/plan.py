@@ -279,7 +279,9 @@ class RankPlan:
     ``shard_names`` (relative to their source) and ``shard_source`` (source number) are
     indexed by ``shard``; ``shard`` (int32), ``offset`` (int64, byte offset in the tar),
     ``seconds`` (float32), ``chars`` (int32) and ``stratum`` (int32, into ``strata``, the
-    ``(source name, task)`` pairs) are per slot (length L); ``batches`` holds, for each of
+    ``(source name, task)`` pairs) are per slot (length L), as is ``end`` (int64, where the
+    sample's bytes end in the tar: the next sample's offset, or -1 for a shard's last sample,
+    whose bytes end where the archive's closing zero blocks begin); ``batches`` holds, for each of
     the K batches, the slot numbers (int64) it serves, in order: a (K, batch_size) array for
     fixed batches, a list of arrays for dynamic ones. ``quotas``: samples per stratum in the
     whole epoch (all ranks). ``dropped``: samples dropped at planning, by reason;
@@ -308,6 +310,7 @@ class RankPlan:
     dropped_batches: int = 0
     padded_slots: int = 0
     open_shards: int = 0
+    end: np.ndarray | None = None
 
     def worker_batches(self, worker: int, num_workers: int, start: int = 0) -> range:
         """Batch numbers worker ``worker`` of ``num_workers`` serves from batch ``start`` on:
@@ -482,10 +485,10 @@ def plan_rank(config: PlanConfig, epoch: int, world_size: int, rank: int,
     columns = _touched_rows(shards, touched)
     bases = np.concatenate([[0], np.cumsum(shards.sizes[touched])])
     rows = bases[slot_shard] + slot_position
-    offset, seconds, chars, clips = (column[rows] for column in columns)
+    offset, seconds, chars, clips, end = (column[rows] for column in columns)
     plan = RankPlan(epoch, rank, world_size, shards.sources, [shards.names[i] for i in touched],
                     shards.source[touched], slot_shard, offset, seconds, chars, slot_stratum,
-                    layout.strata, dict(zip(layout.strata, layout.quotas.tolist())), padded_slots=padded)
+                    layout.strata, dict(zip(layout.strata, layout.quotas.tolist())), padded_slots=padded, end=end)
     _fit(plan, clips, config.batching)
     emission = _stratum_shuffle(plan.stratum, config.shuffle_block, config.seed, epoch, rank)
     if config.batching.dynamic:
@@ -545,8 +548,9 @@ def _gather_picks(picks: dict[int, np.ndarray], ids: np.ndarray, number: np.ndar
 
 
 def _touched_rows(shards: ShardTable, touched: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``(offset, audio_seconds, text_chars, num_clips)`` of every sample of the ``touched``
-    shards, concatenated in that order (each source's index read once)."""
+    """``(offset, audio_seconds, text_chars, num_clips, end)`` of every sample of the ``touched``
+    shards, concatenated in that order (each source's index read once); ``end`` is the next
+    sample's offset in the shard, -1 for its last."""
     parts: list[tuple[np.ndarray, ...]] = [None] * len(touched)
     for number, source in enumerate(shards.sources):
         mine = np.flatnonzero(shards.source[touched] == number)
@@ -555,8 +559,8 @@ def _touched_rows(shards: ShardTable, touched: np.ndarray) -> tuple[np.ndarray, 
         ids = touched[mine]
         rows = _read_index_rows(source, [shards.names[i] for i in ids], shards.first_rows[ids], shards.sizes[ids])
         for position, row in zip(mine.tolist(), rows):
-            parts[position] = row
-    return tuple(np.concatenate([p[c] for p in parts]) for c in range(4))
+            parts[position] = (*row, np.append(row[0][1:], -1))
+    return tuple(np.concatenate([p[c] for p in parts]) for c in range(5))
 
 
 def _fit(plan: RankPlan, clips: np.ndarray, batching: Batching) -> None:
@@ -580,7 +584,7 @@ def _fit(plan: RankPlan, clips: np.ndarray, batching: Batching) -> None:
         at = np.searchsorted(pool, holes) - 1
         donor[holes] = pool[np.where(at >= 0, at, 0)]
     holes = np.flatnonzero(too_long)
-    for column in (plan.shard, plan.offset, plan.seconds, plan.chars, plan.stratum):
+    for column in (plan.shard, plan.offset, plan.end, plan.seconds, plan.chars, plan.stratum):
         column[holes] = column[donor[holes]]
     plan.dropped = {"too_long": int(len(holes))}
     plan.filled_slots = int(len(holes))

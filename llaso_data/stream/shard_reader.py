@@ -5,11 +5,11 @@ Only the sample's ``.json`` member (parsed with ``json``) and its ``audioN.*`` m
 of any other kind where a clip is expected is an error.
 
 A shard is a local path or an object-store URL, read through the storage layer by byte
-ranges (the same code for both): a sample costs one ranged read of :data:`READ_AHEAD` bytes
-from its index offset (its headers, its JSON and the start of its first clip), then one
-read of exactly the rest of each clip that did not fit. Consecutive samples of a shard
-share the read-ahead, so samples smaller than it cost less than one request each
-(``bench/object_store.py`` measures requests per sample and bytes read per byte used).
+ranges (the same code for both). Given where a sample ends (the next sample's index offset,
+which the plan carries), a sample costs one ranged read of exactly its bytes; opening a
+shard costs one small read of its first header (:data:`READ_AHEAD`), and a sample without a
+known end is read header by header with the same read-ahead (``bench/object_store.py``
+measures requests per sample and bytes read per byte used).
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ import tarfile
 from llaso_data.records import Sample
 from llaso_data.storage import RangeFile, StorageError, open_file
 
-READ_AHEAD = 64 * 1024
+READ_AHEAD = 4096
 """Bytes fetched by a read that misses the buffer, unless the read itself wants more."""
+END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
+"""Zero bytes (at least) after a tar's last member."""
 Location = "str | os.PathLike"
 
 
@@ -69,14 +71,19 @@ class ShardReader:
         if tar is not None:
             _close(tar)
 
-    def read(self, path: Location, offset: int) -> tuple[Sample, list[bytes]]:
+    def read(self, path: Location, offset: int, end: int | None = None) -> tuple[Sample, list[bytes]]:
+        """The sample whose ``.json`` header is at byte ``offset``; ``end``, where its bytes
+        end (-1: at the archive's closing zero blocks), lets it be fetched in one read."""
         try:
-            return self._read(path, offset)
+            return self._read(path, offset, end)
         except StorageError as error:
             raise StorageError(f"{path}: sample at byte {offset}: {error}") from error
 
-    def _read(self, path: Location, offset: int) -> tuple[Sample, list[bytes]]:
+    def _read(self, path: Location, offset: int, end: int | None) -> tuple[Sample, list[bytes]]:
         tar = self._tar(path)
+        if end is not None:
+            file = tar.fileobj
+            file.prefetch(offset, end if end >= 0 else file.size - END_OF_ARCHIVE)
         shard = str(path)
         member = self._member_at(tar, shard, offset)
         if not member.name.endswith(".json"):
@@ -138,8 +145,13 @@ class RangeReader(io.RawIOBase):
     missing, at least :data:`READ_AHEAD` bytes (one request on an object store)."""
 
     def __init__(self, file: RangeFile):
-        self._file, self._size = file, file.size
+        self._file, self.size = file, file.size
         self._position, self._start, self._buffer = 0, 0, b""
+
+    def prefetch(self, start: int, stop: int) -> None:
+        """Hold bytes ``start .. stop - 1`` (one read unless already held)."""
+        if stop > start and not (self._start <= start and stop <= self._start + len(self._buffer)):
+            self._start, self._buffer = start, self._file.read_at(start, stop - start)
 
     def readable(self) -> bool:
         return True
@@ -151,12 +163,12 @@ class RangeReader(io.RawIOBase):
         return self._position
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
         self._position = base + offset
         return self._position
 
     def read(self, size: int | None = -1) -> bytes:
-        end = self._size if size is None or size < 0 else min(self._size, self._position + size)
+        end = self.size if size is None or size < 0 else min(self.size, self._position + size)
         if end <= self._position:
             return b""
         inside = self._start <= self._position < self._start + len(self._buffer)
