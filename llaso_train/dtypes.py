@@ -32,14 +32,9 @@ def compute_dtype(bf16: bool) -> torch.dtype:
     return torch.bfloat16 if bf16 else torch.float32
 
 
-def parameter_dtypes(module: nn.Module) -> set[torch.dtype]:
-    """The distinct dtypes of ``module``'s floating-point parameters (ZeRO-3 partitioned ones
-    report their dtype as well: a partitioned tensor keeps it)."""
-    return {p.dtype for p in module.parameters() if p.is_floating_point()}
-
-
 def check_compute_dtype(module: nn.Module, dtype: torch.dtype) -> None:
-    """Raise ValueError unless every floating-point parameter of ``module`` is ``dtype``."""
-    found = parameter_dtypes(module)
-    if found - {dtype}:
-        raise ValueError(f"parameters in {sorted(map(str, found))}, expected all in {dtype}")
+    """Raise ValueError, naming the first offenders, unless every floating-point parameter
+    of ``module`` is ``dtype``."""
+    wrong = [f"{name} ({p.dtype})" for name, p in module.named_parameters() if p.is_floating_point() and p.dtype != dtype]
+    if wrong:
+        raise ValueError(f"{len(wrong)} parameters not in {dtype}: {', '.join(wrong[:4])}")

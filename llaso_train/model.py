@@ -150,28 +150,21 @@ def pick_attention(requested: str) -> str:
 
 
 @contextlib.contextmanager
-def zero3_build(ds_config: dict | None):
-    """While open (and ``ds_config`` is a ZeRO-3 DeepSpeed config), models built by
-    :func:`build_model` are partitioned as they are created (``deepspeed.zero.Init`` through
-    transformers' ``HfDeepSpeedConfig``): no rank ever holds the whole model, checkpoints are
-    loaded shard by shard, and embedding resizes take transformers' ZeRO-3 path. With
-    ``None`` or another stage, nothing changes."""
+def _zero3_build(ds_config: dict | None):
+    """While open, with a ZeRO-3 DeepSpeed config, transformers builds and loads models
+    partitioned (``deepspeed.zero.Init`` through ``HfDeepSpeedConfig``, which it holds by weak
+    reference only) and resizes embeddings on gathered rows. Yields whether it is on."""
     if not ds_config or ds_config.get("zero_optimization", {}).get("stage") != 3:
-        yield
+        yield False
         return
-    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
-    keep = HfDeepSpeedConfig(ds_config)  # transformers holds it by weak reference only
+    keep = HfDeepSpeedConfig(ds_config)
     try:
-        yield
+        yield True
     finally:
         del keep
-
-
-def _zero3_enabled() -> bool:
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    return is_deepspeed_zero3_enabled()
+        unset_hf_deepspeed_config()
 
 
 def build_encoder(spec, attention: str, dtype: torch.dtype) -> WhisperEncoder:
@@ -202,20 +195,30 @@ def build_lm(spec, attention: str, vocab_size: int, dtype: torch.dtype) -> nn.Mo
 
 
 def build_model(config: ModelConfig, vocab_size: int, audio_pad_id: int,
-                dtype: torch.dtype = torch.float32) -> SpeechLM:
+                dtype: torch.dtype = torch.float32, ds_config: dict | None = None) -> SpeechLM:
     """The speech LM with every parameter in ``dtype`` (see :mod:`llaso_train.dtypes`).
-    Inside :func:`zero3_build` every part, the projector included, is built partitioned."""
+
+    With a ZeRO-3 ``ds_config`` (the one ``deepspeed.initialize`` will get), the LM and the
+    projector are created partitioned (``zero.Init``): no rank ever holds them whole, the
+    checkpoint is loaded shard by shard and the embedding resize runs on gathered rows. The
+    encoder is built whole on each rank (whisper-large-v3's encoder: 0.64 B parameters,
+    1.3 GB in bf16) and partitioned by ``deepspeed.initialize``: transformers 5.23 cannot
+    load a Whisper checkpoint under ``zero.Init`` (its weight init reads a partitioned
+    position-embedding shape).
+    """
     attention = pick_attention(config.attn_implementation)
     encoder = build_encoder(config.encoder, attention, dtype)
-    lm = build_lm(config.lm, attention, vocab_size, dtype)
-    if _zero3_enabled():
-        import deepspeed
-        from transformers.integrations import deepspeed_config
+    with _zero3_build(ds_config) as zero3:
+        lm = build_lm(config.lm, attention, vocab_size, dtype)
+        if zero3:
+            import deepspeed
 
-        with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(), dtype=dtype):
-            projector = Projector(encoder.config.d_model, lm.config.hidden_size, config.stack)
-    else:
-        projector = Projector(encoder.config.d_model, lm.config.hidden_size, config.stack).to(dtype)
+            # the dtype comes from ds_config's bf16 section: DeepSpeed 0.19.8 turns an explicit
+            # dtype into bf16 on any accelerator without fp16 (operator precedence in _set_dtype)
+            with deepspeed.zero.Init(config_dict_or_path=ds_config):
+                projector = Projector(encoder.config.d_model, lm.config.hidden_size, config.stack)
+        else:
+            projector = Projector(encoder.config.d_model, lm.config.hidden_size, config.stack).to(dtype)
     if config.gradient_checkpointing:
         enable = getattr(lm, "activation_checkpointing_enable", None) or lm.gradient_checkpointing_enable
         enable()

@@ -28,7 +28,7 @@ from llaso_data.stream.windows import WaveformConfig
 
 from .config import TrainConfig, to_dict
 from .dtypes import compute_dtype, resolve_bf16
-from .model import PROJECTOR_FILE, ExportSettings, SpeechLM, build_model, load_projector, zero3_build
+from .model import PROJECTOR_FILE, ExportSettings, SpeechLM, build_model, load_projector
 
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
@@ -224,79 +224,78 @@ def train(config: TrainConfig) -> None:
     tokenizer = build_tokenizer(config.model.tokenizer, fmt)
     audio_pad = special_token_ids(tokenizer, fmt)[fmt.audio_pad]
     ds_config = deepspeed_config(config, bf16)
-    with zero3_build(ds_config):  # ZeRO-3: every part is built partitioned (deepspeed.zero.Init)
-        model = build_model(config.model, len(tokenizer), audio_pad, dtype)
-        if config.init_projector:
-            load_projector(model, config.init_projector)
-        freeze_for_stage(model, config)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        trainable_count = sum(getattr(p, "ds_numel", p.numel()) for p in trainable)
-        loader = build_loader(config, tokenizer, fmt, rank, world)
-        total_steps = min(config.max_steps, config.epochs * len(loader) // accumulation)
-        optimizer = torch.optim.AdamW(trainable, lr=config.optim.lr, betas=config.optim.betas,
-                                      weight_decay=config.optim.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(config, max(1, total_steps)))
-        engine, optimizer, _, scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    model = build_model(config.model, len(tokenizer), audio_pad, dtype, ds_config)  # ZeRO-3: built partitioned
+    if config.init_projector:
+        load_projector(model, config.init_projector)
+    freeze_for_stage(model, config)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable_count = sum(getattr(p, "ds_numel", p.numel()) for p in trainable)
+    loader = build_loader(config, tokenizer, fmt, rank, world)
+    total_steps = min(config.max_steps, config.epochs * len(loader) // accumulation)
+    optimizer = torch.optim.AdamW(trainable, lr=config.optim.lr, betas=config.optim.betas,
+                                  weight_decay=config.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(config, max(1, total_steps)))
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
 
-        step = 0
-        telemetry = Telemetry(out / METRICS_FILE)
-        if latest.exists():
-            _, client = engine.load_checkpoint(str(checkpoints))
-            step = client["step"]
-            loader.load_state_dict(client["loader"])
-            telemetry.samples = client["samples"]
-            _set_rng_state(client["rng"][rank])
-            log0(f"resumed at step {step} (epoch {loader.dataset.epoch}, batch {loader.batches_done})")
-        log0(f"training {config.stage}: {trainable_count:,} trainable parameters, "
-             f"{len(loader)} batches per epoch per rank, {accumulation} per optimizer step, "
-             f"{total_steps} optimizer steps, world size {world}, ZeRO-{config.zero_stage}, {dtype}")
+    step = 0
+    telemetry = Telemetry(out / METRICS_FILE)
+    if latest.exists():
+        _, client = engine.load_checkpoint(str(checkpoints))
+        step = client["step"]
+        loader.load_state_dict(client["loader"])
+        telemetry.samples = client["samples"]
+        _set_rng_state(client["rng"][rank])
+        log0(f"resumed at step {step} (epoch {loader.dataset.epoch}, batch {loader.batches_done})")
+    log0(f"training {config.stage}: {trainable_count:,} trainable parameters, "
+         f"{len(loader)} batches per epoch per rank, {accumulation} per optimizer step, "
+         f"{total_steps} optimizer steps, world size {world}, ZeRO-{config.zero_stage}, {dtype}")
 
-        keys_file = open(out / f"keys-rank{rank}.jsonl", "a") if config.log_keys else None
-        metrics_file = open(telemetry.path, "a") if rank == 0 else None
-        stream = _micro_batches(loader, config.epochs)
-        try:
-            while step < total_steps:
-                ticked = time.perf_counter()
-                batches = list(itertools.islice(stream, accumulation))
-                if len(batches) < accumulation:  # the data ran out inside a step: not taken
-                    break
-                waited = time.perf_counter() - ticked
-                # DeepSpeed divides by the accumulation and averages over ranks: scaling each
-                # summed micro-batch loss by step_tokens / (world * accumulation) makes the
-                # step's gradient that of the mean over all its supervised tokens.
-                step_tokens = _reduce_int(sum(supervised_tokens(b) for b in batches), dist.ReduceOp.SUM)
-                normalizer = max(1, step_tokens) / (world * accumulation)
-                step_loss = torch.zeros((), device=device)
-                for batch in batches:
-                    loss = engine(**{k: batch[k].to(device) for k in BATCH_INPUTS}, normalizer=normalizer)
-                    engine.backward(loss)
-                    engine.step()
-                    step_loss += loss.detach().float()
-                step += 1
-                step_loss = step_loss.to(_collective_device())
-                dist.all_reduce(step_loss)
-                mean_loss = float(step_loss) / (world * accumulation)
-                busy = time.perf_counter() - ticked - waited
-                row = telemetry.record(step, mean_loss, batches, waited, busy, scheduler.get_last_lr()[0], world)
-                if keys_file:
-                    keys = [key for batch in batches for key in batch["keys"]]
-                    keys_file.write(json.dumps({"step": step, "keys": keys, "loss": mean_loss}) + "\n")
-                    keys_file.flush()
-                if metrics_file and step % config.log_every == 0:
-                    metrics_file.write(json.dumps(row) + "\n")
-                    metrics_file.flush()
-                    log0(f"step {step}: loss {row['loss']:.4f}, {row['tokens_per_s']:.0f} tok/s, "
-                         f"data wait {row['data_wait_fraction']:.1%}")
-                if config.save_every and step % config.save_every == 0:
-                    _save(engine, checkpoints, step, loader, telemetry, world, accumulation)
-        finally:
-            for handle in (keys_file, metrics_file):
-                if handle:
-                    handle.close()
-        settings = ExportSettings(config.model.stack, config.data.max_chunks, config.data.max_length,
-                                  dataclasses.asdict(fmt))
-        _export(engine, model, tokenizer, settings, out / "export", rank)
+    keys_file = open(out / f"keys-rank{rank}.jsonl", "a") if config.log_keys else None
+    metrics_file = open(telemetry.path, "a") if rank == 0 else None
+    stream = _micro_batches(loader, config.epochs)
+    try:
+        while step < total_steps:
+            ticked = time.perf_counter()
+            batches = list(itertools.islice(stream, accumulation))
+            if len(batches) < accumulation:  # the data ran out inside a step: not taken
+                break
+            waited = time.perf_counter() - ticked
+            # DeepSpeed divides by the accumulation and averages over ranks: scaling each
+            # summed micro-batch loss by step_tokens / (world * accumulation) makes the
+            # step's gradient that of the mean over all its supervised tokens.
+            step_tokens = _reduce_int(sum(supervised_tokens(b) for b in batches), dist.ReduceOp.SUM)
+            normalizer = max(1, step_tokens) / (world * accumulation)
+            step_loss = torch.zeros((), device=device)
+            for batch in batches:
+                loss = engine(**{k: batch[k].to(device) for k in BATCH_INPUTS}, normalizer=normalizer)
+                engine.backward(loss)
+                engine.step()
+                step_loss += loss.detach().float()
+            step += 1
+            step_loss = step_loss.to(_collective_device())
+            dist.all_reduce(step_loss)
+            mean_loss = float(step_loss) / (world * accumulation)
+            busy = time.perf_counter() - ticked - waited
+            row = telemetry.record(step, mean_loss, batches, waited, busy, scheduler.get_last_lr()[0], world)
+            if keys_file:
+                keys = [key for batch in batches for key in batch["keys"]]
+                keys_file.write(json.dumps({"step": step, "keys": keys, "loss": mean_loss}) + "\n")
+                keys_file.flush()
+            if metrics_file and step % config.log_every == 0:
+                metrics_file.write(json.dumps(row) + "\n")
+                metrics_file.flush()
+                log0(f"step {step}: loss {row['loss']:.4f}, {row['tokens_per_s']:.0f} tok/s, "
+                     f"data wait {row['data_wait_fraction']:.1%}")
+            if config.save_every and step % config.save_every == 0:
+                _save(engine, checkpoints, step, loader, telemetry, world, accumulation)
+    finally:
+        for handle in (keys_file, metrics_file):
+            if handle:
+                handle.close()
+    settings = ExportSettings(config.model.stack, config.data.max_chunks, config.data.max_length,
+                              dataclasses.asdict(fmt))
+    _export(engine, model, tokenizer, settings, out / "export", rank)
     log0(f"done: {step} steps; model exported to {out / 'export'}")
 
 
