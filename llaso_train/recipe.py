@@ -195,6 +195,29 @@ class Telemetry:
         return row
 
 
+def optimizer_step(engine, batches: list[dict], device: torch.device, world: int) -> float:
+    """One optimizer step over this rank's ``batches`` (``gradient_accumulation`` of them;
+    every rank calls it with the same count). Returns the step's loss: the mean over every
+    supervised token of the step on all ranks.
+
+    DeepSpeed divides each backward by the accumulation and averages gradients over the
+    ranks, so each micro-batch's summed loss is divided by ``step_tokens / (world *
+    accumulation)``: the step's gradient is then that of the token mean, whatever the number
+    of supervised tokens in each micro-batch (dynamic batches differ a lot)."""
+    accumulation = len(batches)
+    step_tokens = _reduce_int(sum(supervised_tokens(b) for b in batches), dist.ReduceOp.SUM)
+    normalizer = max(1, step_tokens) / (world * accumulation)
+    step_loss = torch.zeros((), device=device)
+    for batch in batches:
+        loss = engine(**{k: batch[k].to(device) for k in BATCH_INPUTS}, normalizer=normalizer)
+        engine.backward(loss)
+        engine.step()
+        step_loss += loss.detach().float()
+    step_loss = step_loss.to(_collective_device())
+    dist.all_reduce(step_loss)
+    return float(step_loss) / (world * accumulation)
+
+
 def train(config: TrainConfig) -> None:
     """Run one stage. ``step`` counts optimizer steps (``gradient_accumulation`` micro-batches
     per rank each): ``max_steps``, ``save_every``, ``log_every`` and the metrics all count
@@ -261,21 +284,8 @@ def train(config: TrainConfig) -> None:
             if len(batches) < accumulation:  # the data ran out inside a step: not taken
                 break
             waited = time.perf_counter() - ticked
-            # DeepSpeed divides by the accumulation and averages over ranks: scaling each
-            # summed micro-batch loss by step_tokens / (world * accumulation) makes the
-            # step's gradient that of the mean over all its supervised tokens.
-            step_tokens = _reduce_int(sum(supervised_tokens(b) for b in batches), dist.ReduceOp.SUM)
-            normalizer = max(1, step_tokens) / (world * accumulation)
-            step_loss = torch.zeros((), device=device)
-            for batch in batches:
-                loss = engine(**{k: batch[k].to(device) for k in BATCH_INPUTS}, normalizer=normalizer)
-                engine.backward(loss)
-                engine.step()
-                step_loss += loss.detach().float()
+            mean_loss = optimizer_step(engine, batches, device, world)
             step += 1
-            step_loss = step_loss.to(_collective_device())
-            dist.all_reduce(step_loss)
-            mean_loss = float(step_loss) / (world * accumulation)
             busy = time.perf_counter() - ticked - waited
             row = telemetry.record(step, mean_loss, batches, waited, busy, scheduler.get_last_lr()[0], world)
             if keys_file:
