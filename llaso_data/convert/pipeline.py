@@ -69,6 +69,7 @@ class ConvertOptions:
 
     ``audio_root`` defaults to the corpus folder (the folder of SRC when SRC is a file).
     ``samples_per_shard`` is a target; shard sizes vary around it (seeded hash assignment).
+    Paths may be given as ``str`` or ``Path``.
     """
 
     source: Path
@@ -79,6 +80,11 @@ class ConvertOptions:
     seed: int = 0
 
     def __post_init__(self):
+        for name in ("source", "out", "audio_root"):  # str or Path in, Path kept
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        if isinstance(self.samples_per_shard, bool) or not isinstance(self.samples_per_shard, int):
+            raise ValueError(f"samples_per_shard must be an integer, not {self.samples_per_shard!r}")
         if self.samples_per_shard < 1:
             raise ValueError("samples_per_shard must be at least 1")
         if self.audio_mode not in ("passthrough", "flac16k"):
@@ -164,8 +170,6 @@ def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | N
     try:
         _prepare_out(out, options)
         return _convert(options, out, started, on_progress, write_tasks)
-    except RunError as error:
-        raise ConversionError(str(error)) from None
     except ConversionError:
         raise
     except Exception as error:  # Ray wraps what a task raised: find our one-line cause
@@ -184,8 +188,8 @@ def _run_error(error: BaseException) -> str | None:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, RunError):
-            return str(error).strip().splitlines()[-1].removeprefix("RunError: ").strip()
+        if type(error) is RunError:  # not Ray's wrapper, whose text is a whole traceback
+            return str(error).splitlines()[0]  # Ray Data appends lines of advice to the message
         if isinstance(error, OSError) and error.filename:
             return f"{error.filename}: {error.strerror or error}"
         error = getattr(error, "cause", None) or error.__cause__ or error.__context__
