@@ -26,6 +26,7 @@ from llaso_data.stream.loader import ShardStream, StreamConfig, StreamLoader
 from llaso_data.stream.windows import WaveformConfig
 
 from .config import TrainConfig, to_dict
+from .distributed import fail_on_timeout, init_distributed
 from .model import PROJECTOR_FILE, ExportSettings, SpeechLM, build_model, load_projector
 
 CHECKPOINT_DIR = "checkpoints"
@@ -144,10 +145,15 @@ class Telemetry:
 
 
 def train(config: TrainConfig) -> None:
+    init_distributed(config.dist_timeout_s)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    with fail_on_timeout("llaso_train", rank, world, config.dist_timeout_s):
+        _train(config, rank, world)
+
+
+def _train(config: TrainConfig, rank: int, world: int) -> None:
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     bf16 = torch.cuda.is_available() if config.bf16 == "auto" else bool(config.bf16)
     out = Path(config.output_dir)

@@ -92,3 +92,12 @@ def test_utf16_file_is_one_clear_rejection(tmp_path):
     raw, = list(iter_raw_records(path))
     assert raw.error[0] == "malformed_json" and "UTF-16" in raw.error[1]
     raw.error[1].encode("utf-8")  # no surrogates in the message
+
+
+def test_bom_prefixed_jsonl_keeps_its_first_record(tmp_path):
+    line = json.dumps({"voice": ["a.wav"], "conversations": [{"from": "human", "value": "<audio>"},
+                                                             {"from": "gpt", "value": "ok"}]})
+    path = tmp_path / "x_ER_test.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + (line + "\n" + line + "\n").encode())
+    raws = list(iter_raw_records(str(path)))
+    assert [r.error for r in raws] == [None, None] and raws[0].byte_offset == 3

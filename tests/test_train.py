@@ -123,3 +123,28 @@ def test_killed_run_resumes_with_the_same_samples_and_losses(shards, tmp_path):
         for rank in (0, 1):
             assert got[step][rank][0] == expected[step][rank][0], f"step {step} rank {rank} keys differ"
             assert got[step][rank][1] == pytest.approx(expected[step][rank][1], rel=1e-5, abs=1e-6)
+
+
+def test_a_stopped_rank_makes_the_other_exit_within_the_timeout(tmp_path):
+    """Rank 1 stops itself; rank 0 gives up after 5 s naming rank 1 and exits non-zero;
+    killing the launcher then leaves no rank process behind (the stopped one included)."""
+    script = Path(__file__).parent / "scripts" / "stopped_rank.py"
+    launcher = subprocess.Popen([*TORCHRUN, str(script), "5"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    lines, deadline = [], time.monotonic() + 240
+    while time.monotonic() < deadline:
+        line = launcher.stdout.readline()
+        lines.append(line)
+        if "gave up waiting" in line or not line:
+            break
+    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
+                                               text=True).stdout.split()]
+    launcher.kill()
+    launcher.wait()
+    output = "".join(lines)
+    assert "stopped_rank: rank 0 of 2: gave up waiting for rank 1" in output, output[-3000:]
+    time.sleep(1)
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower() \
+            or " Z " in Path(f"/proc/{pid}/stat").read_text(), f"rank process {pid} outlived its launcher"

@@ -53,12 +53,13 @@ class RawRecord:
     error: tuple[str, str] | None = None
 
 
-def iter_raw_records(path: Path) -> Iterator[RawRecord]:
+def iter_raw_records(path: Path | str) -> Iterator[RawRecord]:
     """Every record of a ``.json`` (array or single object) or ``.jsonl`` file, in order.
 
     The file is opened on the first ``next`` and closed when the iterator ends or is
     discarded.
     """
+    path = Path(path)
     return _iter_jsonl(path) if path.suffix.lower() == ".jsonl" else _iter_json(path)
 
 
@@ -400,9 +401,19 @@ def _fault(window: _TextWindow, ordinal: int, detail: str) -> RawRecord:
     return RawRecord(ordinal, window.byte_pos, _printable(excerpt), None, ("malformed_json", detail))
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def _iter_jsonl(path: Path) -> Iterator[RawRecord]:
-    """The records of a JSONL file, one a line (a line broken by a raw newline is repaired)."""
+    """The records of a JSONL file, one a line (a line broken by a raw newline is repaired;
+    a UTF-8 byte-order mark is skipped; UTF-16/32 is one ``malformed_json``)."""
     with open(path, "rb") as stream:
+        encoding = _wide_encoding(stream.read(4))
+        stream.seek(0)
+        if encoding:
+            yield RawRecord(0, 0, "", None, ("malformed_json", f"the file is {encoding} (byte-order mark); "
+                                                               "annotation files must be UTF-8"))
+            return
         ordinal = 0
         offset = 0
         lines = iter(stream)  # binary iteration splits on b"\n" only
@@ -413,6 +424,8 @@ def _iter_jsonl(path: Path) -> Iterator[RawRecord]:
             if line is None:
                 return
             start, offset = offset, offset + len(line)
+            if start == 0 and line.startswith(_UTF8_BOM):
+                line, start = line[len(_UTF8_BOM):], len(_UTF8_BOM)
             body = line.rstrip(b"\r\n")
             if not body.strip():
                 continue
