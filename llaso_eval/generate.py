@@ -58,8 +58,11 @@ class GenerateOptions:
     num_workers: int = 1
     zero_stage: int = 3
     bf16: str | bool = "auto"
+    dist_timeout_s: float = 1800.0
 
     def __post_init__(self):
+        if not self.dist_timeout_s > 0:
+            raise ValueError("dist_timeout_s must be > 0 (seconds a rank waits in a collective)")
         if self.zero_stage not in (0, 3):
             raise ValueError("zero_stage must be 0 (a full model per rank) or 3 (partitioned)")
         if self.batch_size < 1 or self.max_new_tokens < 1:
@@ -136,14 +139,23 @@ def merge_parts(parts: list[Path], out: Path, expected: dict[str, tuple[str, int
 
 def generate(options: GenerateOptions) -> dict | None:
     """Run under torchrun (or alone: world size 1). Returns the summary on rank 0, else None."""
+    import torch.distributed as dist
+
+    from llaso_train.distributed import fail_on_timeout, init_distributed
+
+    init_distributed(options.dist_timeout_s)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    with fail_on_timeout("llaso_eval generate", rank, world, options.dist_timeout_s):
+        return _generate(options, rank, world)
+
+
+def _generate(options: GenerateOptions, rank: int, world: int) -> dict | None:
     import deepspeed
     import torch.distributed as dist
 
     from llaso_train.dtypes import compute_dtype, resolve_bf16
     from llaso_train.model import load_exported
 
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
     device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available()
               else torch.device("cpu"))
     bf16 = resolve_bf16(options.bf16)

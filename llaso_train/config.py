@@ -152,6 +152,8 @@ class TrainConfig:
     cannot fill a step are not trained on). The learning-rate schedule runs over optimizer
     steps; the loss of a step is the mean over all its supervised tokens on all ranks.
     ``zero_stage`` is DeepSpeed's ZeRO stage (0-3). ``bf16``: ``auto`` means on a GPU only.
+    ``dist_timeout_s``: seconds a rank waits in a collective before every surviving rank
+    exits with status 3 (a stopped or hung peer).
     """
 
     stage: str = "align"
@@ -170,8 +172,11 @@ class TrainConfig:
     log_every: int = 1
     save_every: int = 0
     log_keys: bool = False
+    dist_timeout_s: float = 1800.0
 
     def __post_init__(self):
+        if not self.dist_timeout_s > 0:
+            raise ValueError("dist_timeout_s must be > 0 (seconds a rank waits in a collective)")
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, not {self.stage!r}")
         if self.model is None:

@@ -27,6 +27,7 @@ from llaso_data.stream.preview import summarize
 from llaso_data.stream.windows import WaveformConfig
 
 from .config import TrainConfig, to_dict
+from .distributed import fail_on_timeout, init_distributed
 from .dtypes import compute_dtype, resolve_bf16
 from .model import PROJECTOR_FILE, ExportSettings, SpeechLM, build_model, load_projector
 
@@ -228,10 +229,15 @@ def train(config: TrainConfig) -> None:
     per rank each): ``max_steps``, ``save_every``, ``log_every`` and the metrics all count
     them, and checkpoints fall on step boundaries only. The loss of a step is the mean over
     every supervised token of its micro-batches on all ranks."""
+    init_distributed(config.dist_timeout_s)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    with fail_on_timeout("llaso_train", rank, world, config.dist_timeout_s):
+        _train(config, rank, world)
+
+
+def _train(config: TrainConfig, rank: int, world: int) -> None:
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -195,3 +195,28 @@ def test_loss_weighs_every_supervised_token_the_same(checkpoints):
         step = sum(model(ids, torch.ones_like(ids), labels, *no_audio, normalizer=15) for ids, labels in batches)
     assert step == pytest.approx(float(means[0] * 3 + means[1] * 12) / 15, rel=1e-5)
     assert step != pytest.approx(float(means[0] + means[1]) / 2, rel=1e-3)
+
+
+def test_a_stopped_rank_makes_the_other_exit_within_the_timeout(tmp_path):
+    """Rank 1 stops itself; rank 0 gives up after 5 s naming rank 1 and exits non-zero;
+    killing the launcher then leaves no rank process behind (the stopped one included)."""
+    script = Path(__file__).parent / "scripts" / "stopped_rank.py"
+    launcher = subprocess.Popen([*TORCHRUN, str(script), "5"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    lines, deadline = [], time.monotonic() + 240
+    while time.monotonic() < deadline:
+        line = launcher.stdout.readline()
+        lines.append(line)
+        if "gave up waiting" in line or not line:
+            break
+    children = [int(p) for p in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
+                                               text=True).stdout.split()]
+    launcher.kill()
+    launcher.wait()
+    output = "".join(lines)
+    assert "stopped_rank: rank 0 of 2: gave up waiting for rank 1" in output, output[-3000:]
+    time.sleep(1)
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower() \
+            or " Z " in Path(f"/proc/{pid}/stat").read_text(), f"rank process {pid} outlived its launcher"
