@@ -1,19 +1,23 @@
-"""Training-step benchmark on one GPU: tokens/s, MFU and the data-wait fraction of the
-``instruct`` stage at a realistic model shape, through the recipe's own pieces.
+"""Training-step benchmark on one GPU: tokens/s, MFU, the data-wait fraction and peak
+memory of the ``instruct`` stage at a realistic model shape, through the recipe's own pieces
+and with the Base preset's workload by default (``llaso_base_instruct.yaml``: stack 1, batch 1,
+gradient checkpointing, 4 loader workers; ``--grad-accum`` micro-batches per optimizer step).
 
 What runs (one process, one rank):
 
 * **Model.** ``--preset base`` (default): LLaSO-Base dimensions with RANDOM weights built
   from configs (nothing is downloaded): a Whisper-large-v3 encoder (``d_model=1280``, 32
   layers, 20 heads, ffn 5120, 128 mel bins), the ``mlp2x_gelu`` projector over ``--stack``
-  stacked frames (default 5: 1280*5 -> 3072 -> 3072) and a Llama-3.2-3B LM (hidden 3072,
+  stacked frames (default 1: 1280 -> 3072 -> 3072) and a Llama-3.2-3B LM (hidden 3072,
   ffn 8192, 28 layers, 24 heads, 8 KV heads, vocab 128,256, tied embeddings,
   ``rope_theta=500000``). ``--preset tiny``: the dimensions of
   ``llaso_train/configs/tiny_instruct.yaml``, so the code path can run on CPU.
-  Built by ``llaso_train.model.build_model`` (on the GPU directly, which only makes random
+  Built by ``llaso_train.model.build_model`` in the compute dtype, the LM and projector
+  partitioned as they are created under ZeRO-3 (on the GPU directly, which only makes random
   init faster); ``attn_implementation`` from ``pick_attention(--attn)`` (``auto``:
-  ``flash_attention_2`` when flash-attn is installed, else ``sdpa``); ``--grad-ckpt``
-  enables the LM's gradient checkpointing as ``model.gradient_checkpointing`` does.
+  ``flash_attention_2`` when flash-attn imports, else ``sdpa``); ``--grad-ckpt`` (default;
+  ``--no-grad-ckpt`` to disable) enables the LM's gradient checkpointing as
+  ``model.gradient_checkpointing`` does.
 * **Stage.** ``instruct``: ``freeze_for_stage`` (projector + LM trained, encoder frozen),
   a client ``torch.optim.AdamW`` and ``deepspeed.initialize`` with the recipe's
   ``deepspeed_config`` (ZeRO stage ``--zero``, default 3; bf16 on a GPU). With one GPU,
@@ -26,11 +30,13 @@ What runs (one process, one rank):
   When the epoch runs out the next epoch starts (new loader workers; counted in
   ``epoch_restarts``).
 
-Timing: ``--warmup`` steps (default 3) are run and discarded, then ``--steps`` (default 20)
-timed steps. Each step is ``next(loader)`` -> host-to-device copy -> forward -> backward ->
-``engine.step()``, with ``torch.cuda.synchronize()`` before the clock starts and before it
-stops. ``data_wait_fraction`` = time blocked in ``next(loader)`` / step time, summed over
-the timed steps. ``step_time_s`` is the mean wall time of a timed step (data wait included);
+Timing: ``--warmup`` optimizer steps (default 1) are run and discarded, then ``--steps``
+(default 3) timed ones. Each step takes ``--grad-accum`` batches from the loader (default 32,
+as the Base preset) and runs ``llaso_train.recipe.optimizer_step`` on them, the recipe's own
+step (loss normalised over the step's supervised tokens, one backward and ``engine.step()``
+per micro-batch), with ``torch.cuda.synchronize()`` before the clock starts and before it
+stops. ``data_wait_fraction`` = time blocked in the loader / step time, summed over the
+timed steps. ``step_time_s`` is the mean wall time of a timed step (data wait included);
 ``tokens_per_s`` = non-padding LM tokens (``attention_mask.sum()``, text + audio
 placeholders, as ``recipe.Telemetry`` counts them) / timed wall time.
 
@@ -68,8 +74,9 @@ Launch (single process; it sets ``MASTER_ADDR=127.0.0.1``, a free ``MASTER_PORT`
     DS_ACCELERATOR=cpu python bench/train_gpu.py --preset tiny --shards shards/demo --steps 3 --warmup 1 --json
 
 With ``--json`` the JSON object is the only thing written to stdout (everything else,
-DeepSpeed's logging included, goes to stderr). ``peak_memory_gb`` is
-``torch.cuda.max_memory_allocated()`` in GiB (2**30 bytes), ``null`` on CPU.
+DeepSpeed's logging included, goes to stderr). ``peak_memory_gb`` and
+``peak_reserved_gb`` are ``torch.cuda.max_memory_allocated()`` and
+``torch.cuda.max_memory_reserved()`` in GiB (2**30 bytes), ``null`` on CPU.
 """
 
 from __future__ import annotations
@@ -129,18 +136,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shards", default="shards/demo", help="converted shard folder (default shards/demo)")
     p.add_argument("--splits", nargs="+", default=["train"])
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--batch-size", type=int, default=None, help="samples per batch (default 4)")
+    size.add_argument("--batch-size", type=int, default=None, help="samples per batch (default 1)")
     size.add_argument("--max-tokens", type=int, default=None, help="dynamic batches under this padded token budget")
-    p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--grad-accum", type=int, default=32, help="micro-batches per optimizer step (default 32)")
     p.add_argument("--max-length", type=int, default=2048, help="longest rendered sample in tokens")
     p.add_argument("--max-chunks", type=int, default=20, help="30 s windows kept per clip")
-    p.add_argument("--stack", type=int, default=5, help="encoder frames stacked per projector input")
+    p.add_argument("--stack", type=int, default=1, help="encoder frames stacked per projector input")
     p.add_argument("--zero", type=int, default=3, choices=(0, 1, 2, 3), help="ZeRO stage (default 3)")
     p.add_argument("--bf16", choices=("auto", "true", "false"), default="auto", help="auto: on a GPU only")
     p.add_argument("--attn", choices=("auto", "sdpa", "eager", "flash_attention_2"), default="auto")
-    p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the LM")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=True,
+                   help="gradient checkpointing in the LM (default on, as the Base instruct preset)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps first")
+    p.add_argument("--steps", type=int, default=3, help="timed optimizer steps")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="peak dense bf16 TFLOP/s of the GPU (default from the device name)")
     p.add_argument("--lr", type=float, default=1e-5)
@@ -148,9 +157,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print one JSON object (only that on stdout)")
     args = p.parse_args(argv)
     if args.batch_size is None and args.max_tokens is None:
-        args.batch_size = 4
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
+        args.batch_size = 1
+    if args.steps < 1 or args.warmup < 0 or args.grad_accum < 1:
+        p.error("--steps and --grad-accum must be >= 1 and --warmup >= 0")
     return args
 
 
@@ -190,14 +199,17 @@ def peak_tflops(requested: float | None) -> float | None:
 
 
 def flop_counts(model) -> dict:
-    """Parameter counts for the MFU formula (see the module docstring), taken before
-    ZeRO-3 partitions the parameters."""
+    """Parameter counts for the MFU formula (see the module docstring); partitioned
+    (ZeRO-3) parameters count their full size."""
+    def numel(p) -> int:
+        return getattr(p, "ds_numel", p.numel())
+
     lm, encoder, projector = model.lm, model.encoder, model.projector
-    lm_total = sum(p.numel() for p in lm.parameters())  # shared (tied) tensors once
-    n_lm = lm_total - lm.get_input_embeddings().weight.numel() + lm.get_output_embeddings().weight.numel()
-    enc_total = sum(p.numel() for p in encoder.parameters())
-    n_enc = enc_total - encoder.embed_positions.weight.numel() + encoder.conv1.weight.numel()
-    n_proj = sum(p.numel() for p in projector.parameters())
+    lm_total = sum(numel(p) for p in lm.parameters())  # shared (tied) tensors once
+    n_lm = lm_total - numel(lm.get_input_embeddings().weight) + numel(lm.get_output_embeddings().weight)
+    enc_total = sum(numel(p) for p in encoder.parameters())
+    n_enc = enc_total - numel(encoder.embed_positions.weight) + numel(encoder.conv1.weight)
+    n_proj = sum(numel(p) for p in projector.parameters())
     return {"lm_params": lm_total, "encoder_params": enc_total, "projector_params": n_proj,
             "n_lm": n_lm, "n_enc": n_enc, "n_proj": n_proj,
             "lm_layers": lm.config.num_hidden_layers, "lm_width": lm.config.hidden_size,
@@ -227,8 +239,10 @@ def run(args: argparse.Namespace) -> dict:
 
     from llaso_data.stream.chat import ChatFormat, special_token_ids
     from llaso_train.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+    from llaso_train.dtypes import compute_dtype, resolve_bf16
     from llaso_train.model import build_model, pick_attention
-    from llaso_train.recipe import _seed_everything, build_loader, build_tokenizer, deepspeed_config, freeze_for_stage
+    from llaso_train.recipe import (_micro_batches, _seed_everything, build_loader, build_tokenizer,
+                                    deepspeed_config, freeze_for_stage, optimizer_step)
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     shards = Path(args.shards)
@@ -239,7 +253,7 @@ def run(args: argparse.Namespace) -> dict:
     init_process_group()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    bf16 = cuda if args.bf16 == "auto" else args.bf16 == "true"
+    bf16 = resolve_bf16({"auto": "auto", "true": True, "false": False}[args.bf16], cuda)
 
     preset = PRESETS[args.preset]
     model_config = ModelConfig(encoder=dict(preset["encoder"]), lm=dict(preset["lm"]), tokenizer="tiny",
@@ -251,7 +265,7 @@ def run(args: argparse.Namespace) -> dict:
     config = TrainConfig(stage="instruct", model=model_config, data=data_config,
                          optim=OptimConfig(lr=args.lr), output_dir="runs/bench_train_gpu",
                          max_steps=args.warmup + args.steps, epochs=10**6, zero_stage=args.zero,
-                         bf16=bf16, seed=args.seed)
+                         gradient_accumulation=args.grad_accum, bf16=bf16, seed=args.seed)
     _seed_everything(args.seed)
     attention = pick_attention(args.attn)
 
@@ -259,60 +273,49 @@ def run(args: argparse.Namespace) -> dict:
     tokenizer = build_tokenizer("tiny", fmt)
     audio_pad = special_token_ids(tokenizer, fmt)[fmt.audio_pad]
     built = time.perf_counter()
+    ds_config = deepspeed_config(config, bf16)
     with torch.device(device):  # random init on the GPU: same model, faster than on the CPU
-        model = build_model(model_config, len(tokenizer), audio_pad)
+        model = build_model(model_config, len(tokenizer), audio_pad, compute_dtype(bf16), ds_config)
     build_seconds = time.perf_counter() - built
     lm_attention = getattr(model.lm.config, "_attn_implementation", attention)
     freeze_for_stage(model, config)
     counts = flop_counts(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    trainable_count = sum(p.numel() for p in trainable)
+    trainable_count = sum(getattr(p, "ds_numel", p.numel()) for p in trainable)
     optimizer = torch.optim.AdamW(trainable, lr=config.optim.lr, betas=config.optim.betas,
                                   weight_decay=config.optim.weight_decay)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(config, bf16))
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     loader = build_loader(config, tokenizer, fmt, 0, 1)
     if len(loader) == 0:
         raise SystemExit(f"no batches in {shards} for splits {args.splits} with this batching")
 
-    batches = iter(loader)
-    restarts = 0
-
-    def next_batch() -> dict:
-        nonlocal batches, restarts
-        try:
-            return next(batches)
-        except StopIteration:
-            loader.set_epoch(loader.dataset.epoch + 1)
-            restarts += 1
-            batches = iter(loader)
-            return next(batches)
-
-    keys = ("input_ids", "attention_mask", "labels", "chunks", "chunk_lengths", "chunk_sample", "chunk_start",
-            "chunk_tokens")
+    stream = _micro_batches(loader, config.epochs)  # across epochs, as the recipe
+    epoch_at_start = 0
     timed = []
     loss_value = float("nan")
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
-            restarts = 0
+            epoch_at_start = loader.dataset.epoch
         _sync()
         start = time.perf_counter()
-        batch = next_batch()
+        batches = [next(stream) for _ in range(args.grad_accum)]
         got = time.perf_counter()
-        inputs = {k: batch[k].to(device) for k in keys}
-        loss = engine(**inputs)
-        engine.backward(loss)
-        engine.step()
+        loss_value = optimizer_step(engine, batches, device, world=1)
         _sync()
         end = time.perf_counter()
-        loss_value = float(loss.detach().float())
         if step < args.warmup:
             continue
-        flops, attn_flops = step_flops(counts, batch, args.stack)
-        mask = batch["attention_mask"]
+        flops = attn_flops = 0.0
+        for batch in batches:
+            f, a = step_flops(counts, batch, args.stack)
+            flops, attn_flops = flops + f, attn_flops + a
+        masks = [batch["attention_mask"] for batch in batches]
         timed.append({"wait": got - start, "time": end - start, "flops": flops, "attn_flops": attn_flops,
-                      "samples": len(batch["keys"]), "tokens": int(mask.sum()), "padded": int(mask.numel()),
-                      "seq_len": int(mask.shape[1]), "chunks": int(batch["chunks"].shape[0]),
-                      "audio_tokens": int(batch["chunk_tokens"].sum())})
+                      "samples": sum(len(b["keys"]) for b in batches), "tokens": sum(int(m.sum()) for m in masks),
+                      "padded": sum(m.numel() for m in masks), "seq_len": max(m.shape[1] for m in masks),
+                      "chunks": sum(int(b["chunks"].shape[0]) for b in batches),
+                      "audio_tokens": sum(int(b["chunk_tokens"].sum()) for b in batches)})
+    restarts = loader.dataset.epoch - epoch_at_start
 
     total_time = sum(r["time"] for r in timed)
     total_flops = sum(r["flops"] for r in timed)
@@ -339,11 +342,11 @@ def run(args: argparse.Namespace) -> dict:
                    "lm": counts["lm_params"], "trainable": trainable_count,
                    "flop_n_lm": counts["n_lm"], "flop_n_encoder": counts["n_enc"],
                    "flop_n_projector": counts["n_proj"]},
-        "zero_stage": args.zero, "bf16": bf16, "grad_ckpt": args.grad_ckpt,
+        "zero_stage": args.zero, "bf16": bf16, "grad_ckpt": args.grad_ckpt, "grad_accum": args.grad_accum,
         "attn_implementation": lm_attention,
         "shards": str(shards), "num_workers": args.num_workers,
         "batching": {"batch_size": args.batch_size} if args.batch_size else {"max_tokens": args.max_tokens},
-        "batch": {"mean_samples": round(mean("samples"), 3), "mean_tokens": round(mean("tokens"), 1),
+        "step": {"mean_samples": round(mean("samples"), 3), "mean_tokens": round(mean("tokens"), 1),
                   "mean_padded_tokens": round(mean("padded"), 1),
                   "max_seq_len": max(r["seq_len"] for r in timed),
                   "mean_chunks": round(mean("chunks"), 3), "mean_audio_tokens": round(mean("audio_tokens"), 1),
@@ -362,6 +365,7 @@ def run(args: argparse.Namespace) -> dict:
         "mfu_with_attention": round((total_flops + total_attn) / total_time / 1e12 / peak, 4)
         if peak and cuda else None,
         "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "peak_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "build_seconds": round(build_seconds, 1),
         "loss_last": loss_value if math.isfinite(loss_value) else None,
@@ -383,12 +387,13 @@ def print_table(r: dict, out) -> None:
         ("preset", f"{r['preset']}  (LM {_human(r['params']['lm'])}, encoder {_human(r['params']['encoder'])}, "
                    f"projector {_human(r['params']['projector'])}; trainable {_human(r['params']['trainable'])})"),
         ("engine", f"ZeRO-{r['zero_stage']}, bf16={r['bf16']}, grad_ckpt={r['grad_ckpt']}, "
+                   f"{r['grad_accum']} micro-batches per step, "
                    f"attn={r['attn_implementation']}"),
         ("data", f"{r['shards']} {r['batching']}, {r['num_workers']} workers, "
-                 f"{r['batch']['batches_per_epoch']} batches/epoch, {r['epoch_restarts']} epoch restarts timed"),
-        ("batch (mean)", f"{r['batch']['mean_samples']} samples, {r['batch']['mean_tokens']} tokens "
-                         f"({r['batch']['mean_padded_tokens']} padded, max len {r['batch']['max_seq_len']}), "
-                         f"{r['batch']['mean_chunks']} chunks, {r['batch']['mean_audio_tokens']} audio tokens"),
+                 f"{r['step']['batches_per_epoch']} batches/epoch, {r['epoch_restarts']} epoch restarts timed"),
+        ("step (mean)", f"{r['step']['mean_samples']} samples, {r['step']['mean_tokens']} tokens "
+                        f"({r['step']['mean_padded_tokens']} padded, max len {r['step']['max_seq_len']}), "
+                        f"{r['step']['mean_chunks']} chunks, {r['step']['mean_audio_tokens']} audio tokens"),
         ("steps", f"{r['warmup']} warm-up + {r['steps']} timed"),
         ("step time", f"{r['step_time_s']:.4f} s (compute {r['compute_time_s']:.4f} s)"),
         ("tokens/s", f"{r['tokens_per_s']:,.1f}"),
@@ -397,7 +402,8 @@ def print_table(r: dict, out) -> None:
         ("model TFLOP/step", f"{r['model_tflops_per_step']:.4f}  -> {r['achieved_tflops']:.3f} TFLOP/s"),
         ("MFU", "n/a (no GPU)" if r["mfu"] is None else
          f"{r['mfu']:.2%} of {r['peak_tflops']:.0f} TFLOP/s ({r['mfu_with_attention']:.2%} with attention)"),
-        ("peak memory", "n/a (no GPU)" if r["peak_memory_gb"] is None else f"{r['peak_memory_gb']:.2f} GiB"),
+        ("peak memory", "n/a (no GPU)" if r["peak_memory_gb"] is None else
+         f"{r['peak_memory_gb']:.2f} GiB allocated, {r['peak_reserved_gb']:.2f} GiB reserved"),
         ("last loss", r["loss_last"]),
     ]
     width = max(len(k) for k, _ in rows)

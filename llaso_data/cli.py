@@ -48,7 +48,7 @@ def _build_parser() -> argparse.ArgumentParser:
                          help="Ray cluster address (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     convert.add_argument("--audio", choices=("passthrough", "flac16k"), default="passthrough",
                          help="keep original bytes (checked) or store mono 16 kHz FLAC")
-    convert.add_argument("--samples-per-shard", type=int, default=1000)
+    convert.add_argument("--samples-per-shard", type=_positive, default=1000)
     convert.add_argument("--seed", type=int, default=0)
     convert.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all)")
     convert.set_defaults(run=_run_convert)
@@ -87,6 +87,17 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer of at least 1 (a usage error, exit 2, otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _run_synth(args: argparse.Namespace) -> int:
     from llaso_synth.corpus import write_corpus
 
@@ -104,6 +115,9 @@ def _run_scan(args: argparse.Namespace) -> int:
     if not args.src.exists():
         print(f"llaso-shard scan: {args.src}: no such file or folder", file=sys.stderr)
         return 2
+    if args.audio_root is not None and not args.audio_root.is_dir():
+        print(f"llaso-shard scan: --audio-root {args.audio_root}: no such folder", file=sys.stderr)
+        return 2
     report = scan(args.src, audio_root=args.audio_root, max_examples=args.show_rejects)
     for rejection in report.examples:
         print(f"rejected: {rejection}", file=sys.stderr)
@@ -117,8 +131,17 @@ def _run_scan(args: argparse.Namespace) -> int:
 def _run_convert(args: argparse.Namespace) -> int:
     from llaso_data.convert.pipeline import ConvertOptions
 
-    options = ConvertOptions(args.src, args.out, args.audio_root, args.audio, args.samples_per_shard, args.seed)
+    try:
+        options = ConvertOptions(args.src, args.out, args.audio_root, args.audio, args.samples_per_shard, args.seed)
+    except ValueError as error:
+        print(f"llaso-shard convert: {error}", file=sys.stderr)
+        return 2
     return run_conversion(options, args.address, args.num_cpus)
+
+
+MISSING_AUDIO_WARNING = 0.5
+"""Share of records rejected as ``audio_missing`` above which conversion warns that the
+audio root is likely wrong."""
 
 
 def run_conversion(options, address: str | None, num_cpus: int | None = None) -> int:
@@ -131,6 +154,9 @@ def run_conversion(options, address: str | None, num_cpus: int | None = None) ->
 
     if not options.source.exists():
         print(f"llaso-shard convert: {options.source}: no such file or folder", file=sys.stderr)
+        return 2
+    if options.audio_root is not None and not options.audio_root.is_dir():
+        print(f"llaso-shard convert: --audio-root {options.audio_root}: no such folder", file=sys.stderr)
         return 2
     started_local = init_ray(address, num_cpus)
     try:
@@ -150,6 +176,12 @@ def run_conversion(options, address: str | None, num_cpus: int | None = None) ->
           f"({report.shards_reused} reused), rejected {report.rejected:,} in {report.seconds:.1f} s")
     for reason, count in report.rejected_by_reason.items():
         print(f"  rejected {reason:<26} {count:>9,}")
+    missing = report.rejected_by_reason.get("audio_missing", 0)
+    if report.read and missing > MISSING_AUDIO_WARNING * report.read:
+        print(f"warning: {missing:,} of {report.read:,} records miss their audio under "
+              f"{options.resolved_audio_root}: is --audio-root right?", file=sys.stderr)
+    if report.sources_changed:
+        print(f"sources changed since the last run: {', '.join(report.sources_changed)}")
     if not report.identity_holds:
         print(f"llaso-shard convert: accounting failed: read {report.read} != written {report.written} "
               f"+ rejected {report.rejected}", file=sys.stderr)
@@ -181,7 +213,12 @@ def _run_stats(args: argparse.Namespace) -> int:
         return 2
     print(format_stats_table(rows))
     if args.chart:
-        write_chart(rows, args.chart, metric=args.metric)
+        try:
+            write_chart(rows, args.chart, metric=args.metric)
+        except OSError as error:
+            print(f"llaso-shard stats: {args.chart}: cannot write the chart: {error.strerror or error}",
+                  file=sys.stderr)
+            return 2
         print(f"chart written to {args.chart}")
     return 0
 

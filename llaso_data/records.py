@@ -148,6 +148,11 @@ REJECT_REASONS: dict[str, str] = {
     "audio_missing": "an audio file does not exist",
     "audio_undecodable": "an audio file cannot be decoded",
     "audio_empty": "an audio file has no samples",
+    "audio_not_a_file": "an audio path names a folder, FIFO, socket or device, not a regular file",
+    "audio_too_large": "an audio file is larger than the size bound (2 GiB)",
+    "audio_unreadable": "an audio file exists but cannot be opened or read (permissions, I/O error)",
+    "audio_invalid": "an audio file decodes to NaN or infinite samples",
+    "record_error": "reading or converting the record raised an unexpected error (named in the detail)",
 }
 """Every reason a record can be rejected for, with what it means: the one catalogue that
 readers, validation, conversion and the synthetic corpus's faults draw from."""

@@ -58,8 +58,11 @@ class GenerateOptions:
     num_workers: int = 1
     zero_stage: int = 3
     bf16: str | bool = "auto"
+    dist_timeout_s: float = 1800.0
 
     def __post_init__(self):
+        if not self.dist_timeout_s > 0:
+            raise ValueError("dist_timeout_s must be > 0 (seconds a rank waits in a collective)")
         if self.zero_stage not in (0, 3):
             raise ValueError("zero_stage must be 0 (a full model per rank) or 3 (partitioned)")
         if self.batch_size < 1 or self.max_new_tokens < 1:
@@ -136,16 +139,26 @@ def merge_parts(parts: list[Path], out: Path, expected: dict[str, tuple[str, int
 
 def generate(options: GenerateOptions) -> dict | None:
     """Run under torchrun (or alone: world size 1). Returns the summary on rank 0, else None."""
+    import torch.distributed as dist
+
+    from llaso_train.distributed import fail_on_timeout, init_distributed
+
+    init_distributed(options.dist_timeout_s)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    with fail_on_timeout("llaso_eval generate", rank, world, options.dist_timeout_s):
+        return _generate(options, rank, world)
+
+
+def _generate(options: GenerateOptions, rank: int, world: int) -> dict | None:
     import deepspeed
     import torch.distributed as dist
 
+    from llaso_train.dtypes import compute_dtype, resolve_bf16
     from llaso_train.model import load_exported
 
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
     device = (torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available()
               else torch.device("cpu"))
-    bf16 = torch.cuda.is_available() if options.bf16 == "auto" else bool(options.bf16)
+    bf16 = resolve_bf16(options.bf16)
     parts = options.out / PARTS_DIR
     if options.out.exists() and any(options.out.iterdir()):  # every rank sees it and stops
         raise FileExistsError(f"{options.out}: not empty; choose a new predictions directory")
@@ -154,17 +167,16 @@ def generate(options: GenerateOptions) -> dict | None:
         parts.mkdir(parents=True)
     dist.barrier()
 
-    model, tokenizer, settings = load_exported(options.model)
+    model, tokenizer, settings = load_exported(options.model, dtype=compute_dtype(bf16))  # whatever it was saved in
     fmt = settings.fmt
     stop_ids = [special_token_ids(tokenizer, fmt)[fmt.end_of_turn]]
-    dtype = torch.bfloat16 if bf16 else torch.float32
     if options.zero_stage == 3:
         engine, *_ = deepspeed.initialize(model=model, config={
             "train_micro_batch_size_per_gpu": options.batch_size,
             "zero_optimization": {"stage": 3}, "bf16": {"enabled": bf16}})
         model = engine.module
     else:
-        model = model.to(device=device, dtype=dtype)
+        model = model.to(device)
     model.eval()
 
     plan = PlanConfig([Source(options.shards, options.selection)],

@@ -144,11 +144,16 @@ class TrainConfig:
 
     ``stage``: ``align`` trains the projector only (encoder and LM frozen); ``instruct``
     trains projector and LM (and the encoder when ``train_encoder``), starting from
-    ``init_projector`` (the align stage's ``projector.pt``) when given.
-    ``max_steps`` bounds the run in micro-batches (one loader batch per rank); ``epochs``
-    bounds it too (whichever comes first). ``gradient_accumulation`` micro-batches make one
-    optimizer step; the learning-rate schedule runs over optimizer steps.
+    ``init_projector`` (the align stage's ``projector.safetensors``) when given.
+    ``gradient_accumulation`` micro-batches (loader batches) per rank make one optimizer
+    step; ``max_steps``, ``save_every`` and ``log_every`` count optimizer steps, so a
+    checkpoint never cuts an accumulation. ``epochs`` bounds the run too (whichever comes
+    first; a step may span two epochs, and micro-batches left over at the very end that
+    cannot fill a step are not trained on). The learning-rate schedule runs over optimizer
+    steps; the loss of a step is the mean over all its supervised tokens on all ranks.
     ``zero_stage`` is DeepSpeed's ZeRO stage (0-3). ``bf16``: ``auto`` means on a GPU only.
+    ``dist_timeout_s``: seconds a rank waits in a collective before every surviving rank
+    exits with status 3 (a stopped or hung peer).
     """
 
     stage: str = "align"
@@ -167,8 +172,11 @@ class TrainConfig:
     log_every: int = 1
     save_every: int = 0
     log_keys: bool = False
+    dist_timeout_s: float = 1800.0
 
     def __post_init__(self):
+        if not self.dist_timeout_s > 0:
+            raise ValueError("dist_timeout_s must be > 0 (seconds a rank waits in a collective)")
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, not {self.stage!r}")
         if self.model is None:

@@ -133,13 +133,17 @@ def _batch(samples: int, attended: int, chunk_seconds: list[float]) -> dict:
 
 def test_telemetry_figures_count_every_rank(tmp_path):
     telemetry = Telemetry(tmp_path / "metrics.jsonl")
-    first = telemetry.record(1, 2.5, _batch(4, 120, [3.0, 1.5]), wait=0.5, busy=1.5, lr=1e-3, world=2)
+    first = telemetry.record(1, 2.5, [_batch(4, 120, [3.0, 1.5])], wait=0.5, busy=1.5, lr=1e-3, world=2)
     assert first == {"step": 1, "loss": 2.5, "samples": 8, "lr": 1e-3,
                      "tokens_per_s": 120.0,             # 120 tokens x 2 ranks / 2 s
                      "samples_per_s": 4.0,              # 4 x 2 / 2 s
                      "audio_hours_per_s": round(9.0 / 3600 / 2.0, 6),
                      "data_wait_fraction": 0.25}
-    second = telemetry.record(2, 2.0, _batch(2, 30, []), wait=1.5, busy=0.5, lr=5e-4, world=2)
+    second = telemetry.record(2, 2.0, [_batch(2, 30, [])], wait=1.5, busy=0.5, lr=5e-4, world=2)
     assert second["samples"] == 12 and second["tokens_per_s"] == 30.0 and second["audio_hours_per_s"] == 0.0
     assert second["data_wait_fraction"] == 0.5           # cumulative: 2 s waited of 4 s
     assert telemetry.tokens == 300 and telemetry.audio_seconds == pytest.approx(9.0)
+    # an optimizer step of 2 micro-batches counts both
+    third = telemetry.record(3, 1.0, [_batch(2, 10, [1.0]), _batch(3, 20, [2.0])], wait=0.0, busy=2.0, lr=5e-4, world=2)
+    assert (third["samples"], third["tokens_per_s"], third["samples_per_s"]) == (22, 30.0, 5.0)
+    assert third["audio_hours_per_s"] == round(6.0 / 3600 / 2.0, 6)

@@ -17,8 +17,12 @@ The pipeline (the driver holds counts and shard names only, never the records):
 5. finish: manifest, index and rejects are assembled from the state files in sorted order,
    and the accounting identity ``read = written + rejected`` is checked.
 
-A re-run with the same options skips every shard whose tar and state file exist, so a
-killed conversion resumes and ends byte-identical to an uninterrupted one.
+A re-run with the same options reuses every shard whose tar exists and whose state file
+records the same inputs (its samples' JSON, its clips' paths, sizes and mtimes: see
+:mod:`~llaso_data.convert.resume`), rewrites the others and deletes shards no longer
+produced, so a killed conversion resumes, and a conversion of changed sources updates,
+to the bytes a fresh conversion would write. One conversion at a time holds OUT (see
+:mod:`~llaso_data.convert.lock`).
 
 Ray must be initialised by the caller (CLI or ``pipelines/``); this module never starts
 or stops a cluster.
@@ -29,6 +33,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -41,10 +46,14 @@ from llaso_data.ingest.corpus import UnknownStemWarning, annotation_files, corpu
 from llaso_data.manifest import (INDEX_FILE, INDEX_SCHEMA, MANIFEST_FILE, MANIFEST_SCHEMA, REJECTS_FILE,
                        REJECTS_SCHEMA, REPORT_FILE, StreamingTableWriter, write_table)
 from llaso_data.records import Sample
+from llaso_data.convert.lock import OutputBusyError, out_lock
+from llaso_data.convert.resume import changed_sources, shard_input_digest, source_fingerprint
 from llaso_data.convert.shard_writer import ShardResult, shard_index, shard_name, write_shard
+from llaso_data.ingest.paths import AudioPathError, AudioRoot
 from llaso_data.ingest.validate import FileContext
 
 STATE_DIR = ".state"
+SOURCES_FILE = "sources.json"
 _ROW_BATCH = 4096
 # Write tasks: many small ones balance the CPUs best (a task start costs ~10 ms); past
 # 256 shards a task takes several, so that the shuffle's pieces (read blocks x write
@@ -60,6 +69,7 @@ class ConvertOptions:
 
     ``audio_root`` defaults to the corpus folder (the folder of SRC when SRC is a file).
     ``samples_per_shard`` is a target; shard sizes vary around it (seeded hash assignment).
+    Paths may be given as ``str`` or ``Path``.
     """
 
     source: Path
@@ -70,6 +80,11 @@ class ConvertOptions:
     seed: int = 0
 
     def __post_init__(self):
+        for name in ("source", "out", "audio_root"):  # str or Path in, Path kept
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        if isinstance(self.samples_per_shard, bool) or not isinstance(self.samples_per_shard, int):
+            raise ValueError(f"samples_per_shard must be an integer, not {self.samples_per_shard!r}")
         if self.samples_per_shard < 1:
             raise ValueError("samples_per_shard must be at least 1")
         if self.audio_mode not in ("passthrough", "flac16k"):
@@ -108,6 +123,8 @@ class ConvertReport:
     rejected: int = 0
     shards: int = 0
     shards_reused: int = 0
+    shards_removed: int = 0
+    sources_changed: list = field(default_factory=list)
     audio_seconds: float = 0.0
     rejected_by_reason: dict = field(default_factory=dict)
     unknown_stems: list = field(default_factory=list)
@@ -123,7 +140,14 @@ class ConvertReport:
 
 
 class ConversionError(RuntimeError):
-    """The output folder cannot be used (it holds a conversion made with other options)."""
+    """The conversion cannot start or go on: the output folder is busy, unusable or holds
+    a conversion made with other options, or a failure that is not about one record (a
+    full disk, a permission) stopped it. The message is one line naming the path."""
+
+
+class RunError(RuntimeError):
+    """Raised inside a Ray task for a failure that is not about one record; carries the
+    one-line message the driver reports."""
 
 
 def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | None = None,
@@ -135,17 +159,72 @@ def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | N
     shard up to 256 shards; beyond that 256, or four per CPU of the cluster, or as many
     as keep a task under 20,000 samples, whichever is most). It changes how work is
     spread, never the output bytes."""
+    started = time.perf_counter()
+    out = Path(options.out).resolve()
+    state = _make_state_dir(out)
+    try:
+        lock = out_lock(state)
+        lock.__enter__()
+    except OutputBusyError as error:
+        raise ConversionError(str(error)) from None
+    try:
+        _prepare_out(out, options)
+        return _convert(options, out, started, on_progress, write_tasks)
+    except ConversionError:
+        raise
+    except Exception as error:  # Ray wraps what a task raised: find our one-line cause
+        cause = _run_error(error)
+        if cause is None:
+            raise
+        raise ConversionError(cause) from None
+    finally:
+        for leftover in out.rglob("*.tmp"):
+            leftover.unlink(missing_ok=True)
+        lock.__exit__(None, None, None)
+
+
+def _run_error(error: BaseException) -> str | None:
+    """The message of the :class:`RunError` (or local ``OSError``) behind ``error``, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if type(error) is RunError:  # not Ray's wrapper, whose text is a whole traceback
+            return str(error).splitlines()[0]  # Ray Data appends lines of advice to the message
+        if isinstance(error, OSError) and error.filename:
+            return f"{error.filename}: {error.strerror or error}"
+        error = getattr(error, "cause", None) or error.__cause__ or error.__context__
+    return None
+
+
+def _make_state_dir(out: Path) -> Path:
+    """Create ``OUT/.state``; :class:`ConversionError` when OUT cannot be a folder."""
+    if out.exists() and not out.is_dir():
+        raise ConversionError(f"{out}: exists and is not a folder")
+    state = out / STATE_DIR
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        probe = state / f"probe-{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ConversionError(f"{out}: cannot write there: {error.strerror or error}") from None
+    return state
+
+
+def _convert(options: ConvertOptions, out: Path, started: float,
+             on_progress: Callable[[Progress], None] | None, write_tasks: int | None) -> ConvertReport:
     import ray
     import ray.data
 
-    started = time.perf_counter()
-    out = options.out.resolve()
-    _prepare_out(out, options)
-    source = options.source.resolve()
+    source = Path(options.source).resolve()
     root = corpus_root(source)
     files = annotation_files(source)
+    sources = source_fingerprint(root, files)
+    sources_path = out / STATE_DIR / SOURCES_FILE
+    before = json.loads(sources_path.read_text("utf-8")) if sources_path.exists() else None
     contexts = [FileContext.for_path(root, p) for p in files]
-    report = ConvertReport(unknown_stems=[c.source for c in contexts if not c.stem.known])
+    report = ConvertReport(unknown_stems=[c.source for c in contexts if not c.stem.known],
+                           sources_changed=[] if before is None else changed_sources(before, sources))
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
@@ -184,7 +263,8 @@ def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | N
                                 batch_size=None, batch_format="pyarrow")
                .sort("shard_id", boundaries=partitions)
                .map_batches(_write_shards, fn_kwargs={"out": str(out), "audio_root": str(options.resolved_audio_root),
-                                                      "audio_mode": options.audio_mode, "seed": options.seed},
+                                                      "audio_mode": options.audio_mode, "seed": options.seed,
+                                                      "identity": options.fingerprint()},
                             batch_size=None, batch_format="pyarrow"))
     shard_names: list[str] = []
     samples_done = 0
@@ -201,12 +281,30 @@ def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | N
         raise RuntimeError("a shard was written by more than one task; its tar may be incomplete")
     stages.end("write")
     del rows  # the read rows are no longer needed: let Ray free (or unspill) them
+    report.shards_removed = _remove_stale(out, set(shard_names))
     _finish(out, sorted(shard_names), annotation_rejects, report)
     stages.end("finish")
     report.seconds = time.perf_counter() - started
     (out / REPORT_FILE).write_text(json.dumps({"report": report.to_dict(), "options": options.fingerprint()},
                                               indent=2) + "\n")
+    sources_path.write_text(json.dumps(sources, indent=1, sort_keys=True), "utf-8")
     return report
+
+
+def _remove_stale(out: Path, current: set[str]) -> int:
+    """Delete the tars and state files of shards this run did not produce (left by an
+    earlier run over other sources); returns how many shards went."""
+    removed = 0
+    for tar in out.rglob("*.tar"):
+        name = tar.relative_to(out).as_posix()
+        if not name.startswith(STATE_DIR + "/") and name not in current:
+            tar.unlink()
+            removed += 1
+    state = out / STATE_DIR
+    for path in state.rglob("*.tar.json"):
+        if path.relative_to(state).as_posix()[:-len(".json")] not in current:
+            path.unlink()
+    return removed
 
 
 @dataclass(frozen=True)
@@ -270,9 +368,9 @@ class _StageClock:
 
 
 def _prepare_out(out: Path, options: ConvertOptions) -> None:
-    """Create OUT, refuse one converted with other options, remove leftovers of a crash."""
+    """Refuse an OUT converted with other options, remove leftovers of a crash (the
+    caller holds OUT's lock, so no other conversion's temporary files are among them)."""
     state = out / STATE_DIR
-    state.mkdir(parents=True, exist_ok=True)
     recorded = state / "options.json"
     wanted = json.dumps(options.fingerprint(), sort_keys=True)
     if recorded.exists() and recorded.read_text() != wanted:
@@ -323,7 +421,11 @@ def _read_files(batch: dict[str, np.ndarray], root: str) -> Iterator[dict[str, l
         warnings.simplefilter("ignore", UnknownStemWarning)
         for path in batch["path"]:
             rows = _empty_rows()
-            for item in iter_file(Path(root), Path(path)):
+            try:
+                items = iter_file(Path(root), Path(path))
+            except OSError as error:
+                raise RunError(f"{path}: cannot read: {error.strerror or error}") from None
+            for item in _guarded(items, path):
                 if isinstance(item, Sample):
                     _append(rows, "sample", item.split, item.modality, item.task, item.key, item.to_json())
                 else:
@@ -333,6 +435,15 @@ def _read_files(batch: dict[str, np.ndarray], root: str) -> Iterator[dict[str, l
                     rows = _empty_rows()
             if rows["kind"]:
                 yield rows
+
+
+def _guarded(items: Iterator, path: str) -> Iterator:
+    """``items``, with an ``OSError`` of the annotation file itself (it vanished, a read
+    failed) turned into the one-line :class:`RunError` that stops the run."""
+    try:
+        yield from items
+    except OSError as error:
+        raise RunError(f"{path}: cannot read: {error.strerror or error}") from None
 
 
 def _empty_rows() -> dict[str, list]:
@@ -385,7 +496,7 @@ def _assign_shards(block, plan: ShardPlan, seed: int):
             .append_column("shard", pa.array(names, pa.string())))
 
 
-def _write_shards(block, out: str, audio_root: str, audio_mode: str, seed: int):
+def _write_shards(block, out: str, audio_root: str, audio_mode: str, seed: int, identity: dict):
     """Ray UDF: the sample rows of whole shards, sorted by ``shard_id``, in; one row per
     shard, written (or found done), out as each shard is done."""
     import pyarrow as pa
@@ -397,30 +508,45 @@ def _write_shards(block, out: str, audio_root: str, audio_mode: str, seed: int):
             continue
         shard = block.slice(start, end - start)
         name = shard["shard"][0].as_py()
-        handled, done_before = _write_shard(Path(out), name, shard["payload"].to_pylist(), Path(audio_root),
-                                            audio_mode, seed)
+        try:
+            handled, done_before = _write_shard(Path(out), name, shard["payload"].to_pylist(), Path(audio_root),
+                                                audio_mode, seed, identity)
+        except OSError as error:  # not about one record: the output cannot be written
+            raise RunError(f"{error.filename or Path(out) / name}: cannot write: {error.strerror or error}") from None
         yield pa.table({"shard": [name], "handled": [handled], "reused": [done_before]})
 
 
 def _write_shard(out: Path, name: str, payloads: list[str], audio_root: Path, audio_mode: str,
-                 seed: int) -> tuple[int, bool]:
-    """Write shard ``name`` from its samples' JSON unless its state file says it is done;
+                 seed: int, identity: dict) -> tuple[int, bool]:
+    """Write shard ``name`` from its samples' JSON unless its state file records the same
+    inputs (see :func:`~llaso_data.convert.resume.shard_input_digest`) and its tar exists;
     returns (samples handled, whether it was already done)."""
+    samples = [Sample.from_json(p) for p in payloads]
+    clips = AudioRoot(audio_root)
+    digest = shard_input_digest({**identity, "audio_root": str(audio_root)}, payloads,
+                                [_resolved(clips, path) for s in samples for path in s.audio])
     state_path = _state_path(out, name)
     if state_path.exists():
         state = json.loads(state_path.read_text("utf-8"))
-        if not state["manifest"]["num_samples"] or (out / name).exists():
+        if state.get("input") == digest and (not state["manifest"]["num_samples"] or (out / name).exists()):
             return state["manifest"]["num_samples"] + len(state["rejections"]), True
-    samples = [Sample.from_json(p) for p in payloads]
-    _save_state(state_path, write_shard(out, name, samples, audio_root, audio_mode, seed))
+    _save_state(state_path, write_shard(out, name, samples, audio_root, audio_mode, seed), digest)
     return len(samples), False
 
 
-def _save_state(path: Path, result: ShardResult) -> None:
+def _resolved(root: AudioRoot, relative: str) -> str:
+    """The clip's resolved path, or a marker naming why it has none."""
+    try:
+        return str(root.resolve(relative))
+    except (AudioPathError, ValueError, OSError) as error:
+        return f"unresolved:{relative}:{type(error).__name__}"
+
+
+def _save_state(path: Path, result: ShardResult, digest: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps({
-        "manifest": result.manifest, "index": result.index,
+        "input": digest, "manifest": result.manifest, "index": result.index,
         "rejections": [r.to_dict() for r in result.rejections],
     }, ensure_ascii=False), "utf-8")
     temporary.replace(path)

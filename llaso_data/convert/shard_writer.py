@@ -70,8 +70,10 @@ def write_shard(out_root: Path, name: str, samples: list[Sample], audio_root: Pa
                 audio_mode: str, seed: int) -> ShardResult:
     """Read the audio of ``samples``, write ``out_root/name`` atomically, return its rows.
 
-    Samples whose audio is missing, undecodable or empty become rejections. When every
-    sample is rejected no tar is written and ``manifest["num_samples"]`` is 0.
+    Samples whose audio is missing, not a regular file, undecodable, empty or invalid
+    become rejections, as does a sample for which anything else raises (``record_error``).
+    When every sample is rejected no tar is written and ``manifest["num_samples"]`` is 0.
+    An error writing the tar (a full disk) propagates; the temporary file is removed.
     """
     first = samples[0]
     split, modality, task, category = first.split, first.modality, first.task, first.category
@@ -81,33 +83,32 @@ def write_shard(out_root: Path, name: str, samples: list[Sample], audio_root: Pa
     result = ShardResult(manifest={})
     seconds_total = 0.0
     clip_root = AudioRoot(audio_root)
-    with open(temporary, "wb") as file:
-        tar = TarStream(file)
-        for sample in sorted(samples, key=lambda s: order_within_shard(s.key, seed)):
-            try:
-                clips = [encode_clip(clip_root.resolve(p), audio_mode) for p in sample.audio]
-            except (AudioError, AudioPathError) as error:
-                result.rejections.append(Rejection(sample.source, sample.ordinal, error.reason,
-                                                   str(error), sample.to_json(), None, sample.key))
-                continue
-            stored = replace(sample, durations=tuple(round(c.seconds, 6) for c in clips))
-            offset = tar.add(f"{sample.key}.json", stored.to_json().encode("utf-8"))
-            for i, clip in enumerate(clips):
-                tar.add(f"{sample.key}.{audio_member(i, clip.extension)}", clip.data)
-            seconds = sum(stored.durations)
-            seconds_total += seconds
-            result.index.append({
-                "key": sample.key, "shard": name, "offset": offset,
-                "split": split, "modality": modality, "task": task, "category": category,
-                "audio_seconds": seconds, "num_clips": len(clips),
-                "text_chars": sum(len(t.text) for t in sample.turns),
-                "source": sample.source, "ordinal": sample.ordinal,
-            })
-        tar.close()
-    if result.index:
-        os.replace(temporary, target)
-    else:
-        temporary.unlink()
+    try:
+        with open(temporary, "wb") as file:
+            tar = TarStream(file)
+            for sample in sorted(samples, key=lambda s: order_within_shard(s.key, seed)):
+                encoded = _encode_sample(sample, clip_root, audio_mode)
+                if isinstance(encoded, Rejection):
+                    result.rejections.append(encoded)
+                    continue
+                stored, text, clips = encoded
+                offset = tar.add(f"{sample.key}.json", text)
+                for i, clip in enumerate(clips):
+                    tar.add(f"{sample.key}.{audio_member(i, clip.extension)}", clip.data)
+                seconds = sum(stored.durations)
+                seconds_total += seconds
+                result.index.append({
+                    "key": sample.key, "shard": name, "offset": offset,
+                    "split": split, "modality": modality, "task": task, "category": category,
+                    "audio_seconds": seconds, "num_clips": len(clips),
+                    "text_chars": sum(len(t.text) for t in sample.turns),
+                    "source": sample.source, "ordinal": sample.ordinal,
+                })
+            tar.close()
+        if result.index:
+            os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)  # a failed write (a full disk) leaves nothing behind
     result.manifest = {
         "shard": name, "split": split, "modality": modality, "task": task, "category": category,
         "num_samples": len(result.index), "audio_seconds": seconds_total,
@@ -115,6 +116,33 @@ def write_shard(out_root: Path, name: str, samples: list[Sample], audio_root: Pa
         "sha256": tar.sha256.hexdigest() if result.index else "",
     }
     return result
+
+
+def _encode_sample(sample: Sample, clip_root: AudioRoot, audio_mode: str
+                   ) -> tuple[Sample, bytes, list] | Rejection:
+    """``(sample with durations, its JSON as UTF-8, its encoded clips)``, or the sample's
+    rejection: for its audio (the reason the audio check names), or ``record_error`` for
+    any other exception raised by this one record (the exception is named in the detail).
+    Errors of the output (writing the tar) are not caught here."""
+    try:
+        clips = [encode_clip(clip_root.resolve(p), audio_mode) for p in sample.audio]
+        stored = replace(sample, durations=tuple(round(c.seconds, 6) for c in clips))
+        return stored, stored.to_json().encode("utf-8"), clips
+    except (AudioError, AudioPathError) as error:
+        reason, detail = error.reason, str(error)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # one record's bad luck must not end the run
+        reason, detail = "record_error", f"{type(error).__name__}: {error}"
+    raw = _safe_json(sample)
+    return Rejection(sample.source, sample.ordinal, reason, detail, raw, None, sample.key)
+
+
+def _safe_json(sample: Sample) -> str:
+    try:
+        return sample.to_json()
+    except Exception:  # e.g. provenance nested too deeply to serialise
+        return ""
 
 
 class TarStream:

@@ -29,12 +29,15 @@ Two modes:
   has decoded (decoding costs about half of re-encoding).
 
 Failures raise :class:`AudioError` with a rejection reason: ``audio_missing``,
-``audio_undecodable`` or ``audio_empty``.
+``audio_not_a_file``, ``audio_too_large``, ``audio_unreadable``, ``audio_undecodable``,
+``audio_empty`` or ``audio_invalid``.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import stat
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +50,8 @@ import soxr
 from llaso_data.frontend import SAMPLE_RATE, downmix
 
 AUDIO_MODES = ("passthrough", "flac16k")
+MAX_CLIP_BYTES = 2**31
+"""Largest audio file read (2 GiB: over 18 h of 16 kHz 16-bit mono PCM)."""
 _CHECK_FRAMES = 4096
 _MAX_CHANNELS = 1024  # libsndfile refuses more
 _FLOAT_TO_INT16 = np.float32(32768)  # libsndfile's float -> 16-bit scale (1 / PCM16_SCALE)
@@ -81,14 +86,42 @@ def encode_clip(path: Path, mode: str) -> EncodedClip:
     raise ValueError(f"unknown audio mode {mode!r}; choose one of {AUDIO_MODES}")
 
 
-def read_clip(path: Path) -> bytes:
-    """The bytes of the clip at ``path``; :class:`AudioError` ``audio_missing`` if absent."""
+def read_clip(path: Path, max_bytes: int = MAX_CLIP_BYTES) -> bytes:
+    """The bytes of the regular file at ``path`` (links already resolved by the caller),
+    read with a size bound. Raises :class:`AudioError`: ``audio_missing`` when absent,
+    ``audio_not_a_file`` for a folder, FIFO, socket or device (never opened for reading,
+    so it can neither block nor stream without end), ``audio_too_large`` over
+    ``max_bytes``, ``audio_unreadable`` when the file cannot be read (permissions, I/O).
+
+    The file is opened non-blocking and checked again on the open descriptor, so a FIFO
+    swapped in after the first check cannot block; at most the size seen then is read."""
     try:
-        return path.read_bytes()
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise AudioError("audio_not_a_file", str(path), _kind(os.stat(path).st_mode))
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise AudioError("audio_missing", str(path), "file not found") from None
-    except IsADirectoryError:
-        raise AudioError("audio_missing", str(path), "is a directory, not a file") from None
+    except OSError as error:
+        raise AudioError("audio_unreadable", str(path), f"cannot open: {error.strerror}") from None
+    with os.fdopen(descriptor, "rb", buffering=0) as file:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise AudioError("audio_not_a_file", str(path), _kind(status.st_mode))
+        if status.st_size > max_bytes:
+            raise AudioError("audio_too_large", str(path), f"{status.st_size} bytes, over the {max_bytes}-byte bound")
+        try:
+            return file.read(status.st_size) if status.st_size else b""
+        except OSError as error:
+            raise AudioError("audio_unreadable", str(path), f"cannot read: {error.strerror}") from None
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return f"is {name}, not a regular file"
+    return "is not a regular file"
 
 
 def check_decodes(data: bytes, path: Path) -> float:
@@ -99,6 +132,9 @@ def check_decodes(data: bytes, path: Path) -> float:
         return wav.frames / wav.rate
     with _open(data, path) as clip:
         frames, rate = clip.frames, clip.samplerate
+        if clip.subtype in _FLOAT_SUBTYPES:  # float samples can be NaN or infinite: check them all
+            _check_finite(_read_all(clip, path, "float32"), path)
+            clip.seek(0)
         try:
             head = clip.read(_CHECK_FRAMES, dtype="float32")
             if frames > _CHECK_FRAMES and clip.seekable():
@@ -113,6 +149,23 @@ def check_decodes(data: bytes, path: Path) -> float:
     if len(tail) == 0:
         raise AudioError("audio_undecodable", str(path), f"header says {frames} frames but the end cannot be read")
     return frames / rate
+
+
+_FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
+
+
+def _read_all(clip: soundfile.SoundFile, path: Path, dtype: str) -> np.ndarray:
+    try:
+        return clip.read(dtype=dtype, always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError) as error:
+        raise AudioError("audio_undecodable", str(path), f"cannot decode: {_describe(error)}") from None
+
+
+def _check_finite(samples: np.ndarray, path: Path) -> None:
+    """Raise ``audio_invalid`` when a float clip holds NaN or infinite samples."""
+    if samples.size and not np.isfinite(samples).all():
+        bad = int(np.count_nonzero(~np.isfinite(samples)))
+        raise AudioError("audio_invalid", str(path), f"{bad} of {samples.size} samples are NaN or infinite")
 
 
 def _describe(error: Exception) -> str:
@@ -240,10 +293,9 @@ def _decode(data: bytes, path: Path) -> tuple[int, int, bool, str, np.ndarray]:
     with _open(data, path) as clip:
         rate, channels, container, declared = clip.samplerate, clip.channels, clip.format, clip.frames
         integer = clip.subtype == "PCM_16"
-        try:
-            samples = clip.read(dtype="int16" if integer else "float32", always_2d=True)
-        except (soundfile.LibsndfileError, RuntimeError) as error:
-            raise AudioError("audio_undecodable", str(path), f"cannot decode: {_describe(error)}") from None
+        samples = _read_all(clip, path, "int16" if integer else "float32")
+    if not integer:
+        _check_finite(samples, path)
     if container == "FLAC" and len(samples) < declared:
         raise AudioError("audio_undecodable", str(path),
                          f"truncated: decoded {len(samples)} of the {declared} frames the header declares")

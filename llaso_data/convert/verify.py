@@ -5,8 +5,9 @@ size (bytes) and sha256, and be a tar whose members form WebDataset samples: one
 ``<key>.json`` member (a :class:`~llaso_data.records.Sample` with that key and one
 duration per clip) followed by ``<key>.audio0.*`` ... ``<key>.audio<n-1>.*``, where ``n`` is
 the number of clips of the sample. The samples, their order, header byte offsets, clip
-counts and audio seconds must match ``index.parquet`` and the manifest row. Tar files
-under OUT that the manifest does not list are reported too.
+counts and audio seconds must match ``index.parquet`` and the manifest row, and every key
+must appear once in the index (its key column is read whole, by Arrow). Tar files under
+OUT that the manifest does not list are reported too.
 
 Each shard file is read once, sequentially, through a hashing reader (tarfile's stream
 mode: nothing is extracted, nothing is unpickled; only ``.json`` members are held in
@@ -75,12 +76,14 @@ class _Entry:
     """Audio seconds of the sample; None when its JSON could not be read."""
 
 
-def verify(out: Path) -> VerifyReport:
+def verify(out: Path | str) -> VerifyReport:
     """Verify the converted corpus in ``out``; see the module docstring for what is checked."""
+    out = Path(out)
     report = VerifyReport()
     manifest = _load_manifest(out, report)
     if manifest is None:
         return report
+    report.add(INDEX_FILE, _duplicate_keys(out / INDEX_FILE))
     indexed = _verify_indexed_shards(out, manifest, report)
     for shard in [s for s in manifest if s not in indexed]:
         report.add(shard, [f"{shard}: listed in {MANIFEST_FILE} but has no rows in {INDEX_FILE}"])
@@ -88,6 +91,23 @@ def verify(out: Path) -> VerifyReport:
     for shard in _stray_shards(out, manifest):
         report.add(shard, [f"{shard}: tar file on disk but not listed in {MANIFEST_FILE}"])
     return report
+
+
+def _duplicate_keys(path: Path) -> list[str]:
+    """A problem per key the index lists more than once (the first few, then a count).
+    The key column is counted by Arrow, outside Python objects."""
+    import pyarrow.compute as pc
+
+    try:
+        keys = pq.read_table(path, columns=["key"])["key"]
+    except (OSError, pa.ArrowException):
+        return []  # reported where the index is read
+    counts = pc.value_counts(keys).flatten()
+    repeated = pc.filter(counts[0], pc.greater(counts[1], 1)).to_pylist()
+    problems = [f"{INDEX_FILE}: key {key!r} is listed more than once" for key in repeated[:_MAX_PROBLEMS]]
+    if len(repeated) > _MAX_PROBLEMS:
+        problems.append(f"{INDEX_FILE}: ... and {len(repeated) - _MAX_PROBLEMS} more repeated keys")
+    return problems
 
 
 def _load_manifest(out: Path, report: VerifyReport) -> dict[str, dict] | None:

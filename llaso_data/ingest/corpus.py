@@ -31,8 +31,9 @@ class UnknownStemWarning(UserWarning):
     """A file stem that matches no known task; its records ingest with the stem as task."""
 
 
-def annotation_files(source: Path) -> list[Path]:
+def annotation_files(source: Path | str) -> list[Path]:
     """Every annotation file under ``source`` (or ``source`` itself), sorted by path."""
+    source = Path(source)
     if source.is_file():
         return [source]
     if not source.is_dir():
@@ -46,8 +47,9 @@ def annotation_files(source: Path) -> list[Path]:
     )
 
 
-def corpus_root(source: Path) -> Path:
+def corpus_root(source: Path | str) -> Path:
     """The folder source paths are made relative to (the source, or a file's parent)."""
+    source = Path(source)
     return source if source.is_dir() else source.parent
 
 
@@ -63,15 +65,24 @@ def file_context(root: Path, path: Path) -> FileContext:
     return context
 
 
-def iter_file(root: Path, path: Path) -> Iterator[Sample | Rejection]:
-    """Samples and rejections of one annotation file, in file order."""
+def iter_file(root: Path | str, path: Path | str) -> Iterator[Sample | Rejection]:
+    """Samples and rejections of one annotation file, in file order. Any exception one
+    record raises while it is validated becomes its ``record_error`` rejection."""
+    root, path = Path(root), Path(path)
     context = file_context(root, path)
     for raw in iter_raw_records(path):
-        yield normalise_record(raw, context)
+        try:
+            yield normalise_record(raw, context)
+        except (MemoryError, KeyboardInterrupt, GeneratorExit):
+            raise
+        except Exception as error:
+            yield Rejection(context.source, raw.ordinal, "record_error", f"{type(error).__name__}: {error}",
+                            raw.raw[:4096], raw.byte_offset)
 
 
-def iter_corpus(source: Path) -> Iterator[Sample | Rejection]:
+def iter_corpus(source: Path | str) -> Iterator[Sample | Rejection]:
     """Samples and rejections of every annotation file under ``source``, in path order."""
+    source = Path(source)
     root = corpus_root(source)
     for path in annotation_files(source):
         yield from iter_file(root, path)
@@ -128,11 +139,13 @@ def check_audio_exists(sample: Sample, audio_root: AudioRoot) -> Sample | Reject
     return sample
 
 
-def scan(source: Path, audio_root: Path | None = None, max_examples: int = 5) -> ScanReport:
+def scan(source: Path | str, audio_root: Path | str | None = None, max_examples: int = 5) -> ScanReport:
     """Read every record under ``source`` once and count samples and rejections.
 
-    With ``audio_root``, also check that every clip exists under it (one ``stat`` per clip).
+    With ``audio_root``, also check that every clip exists under it as a regular file
+    (one ``stat`` per clip).
     """
+    source = Path(source)
     report = ScanReport(max_examples=max_examples)
     root = corpus_root(source)
     clips = AudioRoot(audio_root) if audio_root is not None else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import stat
 from pathlib import Path
 
 _DRIVE = re.compile(r"[A-Za-z]:")
@@ -32,6 +33,8 @@ def normalise_audio_path(path: str) -> str:
     Absolute paths (POSIX, UNC or drive letter) raise with reason ``absolute_audio_path``;
     paths whose normal form leaves the root raise with ``audio_path_escapes_root``.
     """
+    if "\0" in path:
+        raise AudioPathError("bad_field_type", path, "audio path holds a NUL character")
     posix = path.replace("\\", "/")
     if _PLAIN.fullmatch(posix):  # nearly every path: one C-level pass
         return posix
@@ -75,12 +78,17 @@ class AudioRoot:
 
     def locate(self, relative_paths: tuple[str, ...]) -> list[Path]:
         """Resolve every clip of a sample; raises :class:`AudioPathError` with reason
-        ``audio_missing`` for the first clip that is not a file."""
+        ``audio_missing`` for the first clip that does not exist, ``audio_not_a_file``
+        for one that is not a regular file (a folder, FIFO, socket or device)."""
         located = []
         for relative in relative_paths:
             path = self.resolve(relative)
-            if not path.is_file():
-                raise AudioPathError("audio_missing", relative, f"audio file not found under {self.real}")
+            try:
+                regular = stat.S_ISREG(os.stat(path).st_mode)
+            except OSError:
+                raise AudioPathError("audio_missing", relative, f"audio file not found under {self.real}") from None
+            if not regular:
+                raise AudioPathError("audio_not_a_file", relative, "audio path is not a regular file")
             located.append(path)
         return located
 

@@ -5,8 +5,12 @@ with the standard library's C scanner (``json.JSONDecoder.raw_decode``) over a s
 text window. Each record is parsed on its own, so one bad record costs only itself:
 
 * invalid UTF-8 bytes or lone surrogate escapes reject that record (``undecodable_text``);
-* a truncated or malformed JSON array keeps every record before the fault and reports
-  the fault's byte offset (``malformed_json``);
+* a syntax fault inside a JSON array (a flipped byte, a cut) costs the damaged record
+  only: it becomes one ``malformed_json`` record with its byte offset, and reading
+  resynchronises at the next top-level record (see :func:`_resync`); a damaged byte
+  between two records costs nothing; a file cut short ends with one ``malformed_json``;
+* a file in UTF-16 or UTF-32 (a byte-order mark) is one ``malformed_json`` naming the
+  encoding;
 * JSONL is split on ``\\n`` only (text may contain U+0085 or U+2028); a line broken by a
   raw newline inside a string is repaired by joining it with the next line.
 
@@ -49,12 +53,13 @@ class RawRecord:
     error: tuple[str, str] | None = None
 
 
-def iter_raw_records(path: Path) -> Iterator[RawRecord]:
+def iter_raw_records(path: Path | str) -> Iterator[RawRecord]:
     """Every record of a ``.json`` (array or single object) or ``.jsonl`` file, in order.
 
     The file is opened on the first ``next`` and closed when the iterator ends or is
     discarded.
     """
+    path = Path(path)
     return _iter_jsonl(path) if path.suffix.lower() == ".jsonl" else _iter_json(path)
 
 
@@ -108,6 +113,7 @@ class _TextWindow:
         self.pos = 0
         self.byte_pos = 0
         self.eof = False
+        self.dropped = 0  # characters trimmed from the front of ``text`` so far
 
     def fill(self) -> bool:
         """Append the next chunk (first dropping the text before ``pos`` once that is more
@@ -116,7 +122,7 @@ class _TextWindow:
             return False
         chunk = self._stream.read(CHUNK_BYTES)
         if self.pos > CHUNK_BYTES:
-            self.text, self.pos = self.text[self.pos:], 0
+            self.text, self.pos, self.dropped = self.text[self.pos:], 0, self.dropped + self.pos
         self.text += self._decoder.decode(chunk, final=not chunk)
         self.eof = not chunk
         return bool(chunk)
@@ -157,6 +163,12 @@ def _iter_json(path: Path) -> Iterator[RawRecord]:
     of an array it tries the usual ``,`` + whitespace with one regex match.
     """
     with open(path, "rb") as stream:
+        encoding = _wide_encoding(stream.read(4))
+        stream.seek(0)
+        if encoding:
+            yield RawRecord(0, 0, "", None, ("malformed_json", f"the file is {encoding} (byte-order mark); "
+                                                               "annotation files must be UTF-8"))
+            return
         window = _TextWindow(stream)
         window.read_ahead(1)
         if window.text.startswith("\ufeff"):
@@ -165,17 +177,19 @@ def _iter_json(path: Path) -> Iterator[RawRecord]:
         if not first:
             yield RawRecord(0, 0, "", None, ("malformed_json", "the file is empty"))
             return
-        if first not in "[{":
-            yield _fault(window, 0, f"expected '[' or '{{' at byte {window.byte_pos}, found {first!r}")
-            return
         single = first == "{"
-        if not single:
-            window.advance(window.pos + 1)
-            problem = _to_next_element(window, 0)
+        if first != "{":
+            if first == "[":
+                window.advance(window.pos + 1)
+                problem = _to_next_element(window, 0)
+            else:
+                problem = f"expected '[' or '{{' at byte {window.byte_pos}, found {first!r}"
             if problem is not None:
-                if problem:
+                if problem and not _resync(window, window.pos, window.pos):
                     yield _fault(window, 0, problem)
-                return
+                    return
+                if not problem:
+                    return
         scan_once = _DECODER.scan_once  # the C scanner behind raw_decode, minus its wrapper
         separator = _SEPARATOR.match
         find_escape = _SURROGATE_ESCAPE.search
@@ -201,13 +215,26 @@ def _iter_json(path: Path) -> Iterator[RawRecord]:
                         raise
                     value, end = _LENIENT_SCAN(text, pos)  # the same record, integers kept as text
                     refused = str(error)
-            except (json.JSONDecodeError, StopIteration) as error:
+            except (json.JSONDecodeError, StopIteration, RecursionError) as error:
                 # Either the record runs past the window (read on and retry) or it is broken.
                 window.pos, window.byte_pos = pos, byte_pos
-                if len(text) - pos > MAX_RECORD_CHARS or not window.fill():
-                    message = getattr(error, "msg", "Expecting value")
-                    yield _fault(window, ordinal, f"invalid JSON in record starting at byte {byte_pos}: {message}")
-                    return
+                stopped = error.value if isinstance(error, StopIteration) else getattr(error, "pos", pos)
+                stopped = max(stopped if isinstance(stopped, int) else pos, pos) - pos  # past the record start
+                if isinstance(error, RecursionError) or len(text) - pos > MAX_RECORD_CHARS or not window.fill():
+                    message = getattr(error, "msg", None) or (
+                        "nested too deeply" if isinstance(error, RecursionError) else "Expecting value")
+                    damaged = _fault(window, ordinal, f"invalid JSON in record starting at byte {byte_pos}: {message}")
+                    resumed = _resync(window, window.pos + 1, window.pos + stopped)
+                    if resumed:
+                        damaged.error = ("malformed_json", damaged.error[1] + f"; reading resumed at the next "
+                                                                               f"record, byte {window.byte_pos}")
+                    yield damaged
+                    if not resumed:
+                        return
+                    ordinal += 1
+                    single = False
+                    text, pos, byte_pos, escape_at = window.text, window.pos, window.byte_pos, -1
+                    continue
                 text, pos, escape_at = window.text, window.pos, -1
                 continue
             if end == len(text) and not window.eof and value.__class__ not in _CLOSED_TYPES:
@@ -236,20 +263,38 @@ def _iter_json(path: Path) -> Iterator[RawRecord]:
                 yield RawRecord(ordinal, byte_pos, raw, value)
             byte_pos += size
             ordinal += 1
-            if single:
-                return
-            match = separator(text, end)
-            if match is not None:
-                pos = match.end()
-                if pos < len(text):
-                    byte_pos += pos - end  # whitespace and ',' are one byte each
-                    continue
+            if not single:
+                match = separator(text, end)
+                if match is not None:
+                    pos = match.end()
+                    if pos < len(text):
+                        byte_pos += pos - end  # whitespace and ',' are one byte each
+                        continue
+            record_start, record_bytes = window.dropped + pos, byte_pos - size
             window.pos, window.byte_pos = end, byte_pos
-            problem = _to_next_element(window, ordinal)
+            if single:
+                problem = None if not window.skip_whitespace() else (
+                    f"text after the file's one object at byte {window.byte_pos}")
+                if problem is None:
+                    return
+            else:
+                problem = _to_next_element(window, ordinal)
             if problem is not None:
-                if problem:
-                    yield _fault(window, ordinal, problem)
-                return
+                # A fault between records (or after the closing bracket): go on at the next
+                # record; when none follows, the file may have lost records: say so.
+                if not problem:
+                    return
+                fault_at = window.dropped + window.pos
+                damaged = _fault(window, ordinal, problem)
+                fault = fault_at - window.dropped
+                if record_start >= window.dropped:
+                    # Look again from inside the record just read: a string that ran on
+                    # past its end may have swallowed the next record's opening brace.
+                    window.pos, window.byte_pos = record_start - window.dropped, record_bytes
+                if not _resync(window, window.pos + 1 if window.pos < fault else fault, fault):
+                    yield damaged
+                    return
+                single = False
             text, pos, byte_pos, escape_at = window.text, window.pos, window.byte_pos, -1
 
 
@@ -257,6 +302,76 @@ _DECODER = json.JSONDecoder()
 _LENIENT_SCAN = json.JSONDecoder(parse_int=str).scan_once
 """Finds where a record ends when the default scanner refuses an over-long integer."""
 _CLOSED_TYPES = (dict, list, str)
+
+
+def _wide_encoding(head: bytes) -> str | None:
+    """``"UTF-16"``/``"UTF-32"`` when ``head`` (a file's first 4 bytes) starts with that
+    encoding's byte-order mark, else None."""
+    if head[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
+        return "UTF-32"
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "UTF-16"
+    return None
+
+
+def _resync(window: _TextWindow, search_from: int, error_at: int) -> bool:
+    """After a syntax fault, move ``window`` to the start of the next top-level record.
+
+    ``search_from`` and ``error_at`` index ``window.text``: where to look for a ``{`` and
+    where the decoder stopped. A ``{`` is taken when the values chained from it by ``,``
+    reach past ``error_at`` and do not end in a ``]`` followed by more text (or a ``:``, or
+    a ``}``): that rules out the turns and nested objects of the damaged record, whose
+    chain ends inside that record. The chain is followed as far as the window reaches
+    (``LOOKAHEAD_CHARS`` past the candidate, at least). Returns False at end of file
+    without a record (the window then sits at the end); text passed over is counted in
+    ``window.byte_pos``. A damaged region longer than the window is skipped chunk by chunk.
+    """
+    search = search_from - window.pos  # offsets from window.pos survive a fill's trimming
+    error = error_at - window.pos
+    while True:
+        text = window.text
+        candidate = text.find("{", window.pos + search)
+        if candidate < 0:
+            if window.eof:
+                window.advance(len(text))
+                return False
+            passed = len(text) - window.pos
+            window.advance(len(text))
+            window.fill()
+            search, error = 0, max(error - passed, 0)
+            continue
+        offset = candidate - window.pos
+        if len(text) - candidate < LOOKAHEAD_CHARS and not window.eof:
+            window.read_ahead(offset + LOOKAHEAD_CHARS)
+            text, candidate = window.text, window.pos + offset
+        if _chain_is_top_level(text, candidate, window.pos + error, window.eof):
+            window.advance(candidate)
+            return True
+        search = offset + 1
+
+
+def _chain_is_top_level(text: str, start: int, error_at: int, eof: bool) -> bool:
+    """Whether the ``,``-chained values from ``text[start]`` look like array elements that
+    carry on past ``error_at`` (see :func:`_resync`)."""
+    position, passed = start, False
+    while True:
+        try:
+            _, end = _DECODER.scan_once(text, position)
+        except (ValueError, StopIteration, RecursionError):
+            return passed  # the window ends, or a later fault: decided by what came before
+        passed = passed or end > error_at
+        after = _WHITESPACE.match(text, end).end()
+        if after >= len(text):
+            return passed
+        char = text[after]
+        if char == "]":
+            rest = _WHITESPACE.match(text, after + 1).end()
+            return rest == len(text) and (eof or passed)
+        if char != ",":
+            return False
+        position = _WHITESPACE.match(text, after + 1).end()
+        if position >= len(text):
+            return passed
 
 
 def _to_next_element(window: _TextWindow, ordinal: int) -> str | None:
@@ -286,9 +401,19 @@ def _fault(window: _TextWindow, ordinal: int, detail: str) -> RawRecord:
     return RawRecord(ordinal, window.byte_pos, _printable(excerpt), None, ("malformed_json", detail))
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def _iter_jsonl(path: Path) -> Iterator[RawRecord]:
-    """The records of a JSONL file, one a line (a line broken by a raw newline is repaired)."""
+    """The records of a JSONL file, one a line (a line broken by a raw newline is repaired;
+    a UTF-8 byte-order mark is skipped; UTF-16/32 is one ``malformed_json``)."""
     with open(path, "rb") as stream:
+        encoding = _wide_encoding(stream.read(4))
+        stream.seek(0)
+        if encoding:
+            yield RawRecord(0, 0, "", None, ("malformed_json", f"the file is {encoding} (byte-order mark); "
+                                                               "annotation files must be UTF-8"))
+            return
         ordinal = 0
         offset = 0
         lines = iter(stream)  # binary iteration splits on b"\n" only
@@ -299,6 +424,8 @@ def _iter_jsonl(path: Path) -> Iterator[RawRecord]:
             if line is None:
                 return
             start, offset = offset, offset + len(line)
+            if start == 0 and line.startswith(_UTF8_BOM):
+                line, start = line[len(_UTF8_BOM):], len(_UTF8_BOM)
             body = line.rstrip(b"\r\n")
             if not body.strip():
                 continue

@@ -53,7 +53,8 @@ class FileContext:
         relative = path.relative_to(root)
         folders = (root.name, *relative.parts[:-1])
         folder = next((p for p in reversed(folders) if p in MODALITIES), None)
-        source = relative.as_posix()
+        # A name that is not UTF-8 (bytes kept as lone surrogates) is shown escaped.
+        source = relative.as_posix().encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         stem = parse_file_name(path.name)
         digest = hashlib.sha1(source.encode("utf-8")).hexdigest()[:8]
         key_prefix = f"{_KEY_UNSAFE.sub('-', stem.stem)}-{stem.split}-{digest}-"
