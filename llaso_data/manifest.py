@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llaso_data.storage import open_store
+from llaso_data.storage import Store, open_store
 
 
 MANIFEST_SCHEMA = pa.schema([
@@ -46,22 +45,22 @@ REJECTS_FILE = "rejects.parquet"
 REPORT_FILE = "report.json"
 
 
-def write_table(path: Path, rows: list[dict], schema: pa.Schema) -> None:
-    """Write ``rows`` atomically (temporary file, then rename)."""
-    temporary = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), temporary)
-    temporary.replace(path)
+def write_table(out: Store, name: str, rows: list[dict], schema: pa.Schema) -> None:
+    """Write ``rows`` as Parquet file ``name`` under ``out``, atomically."""
+    with out.writer(name) as stream:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), stream)
 
 
 class StreamingTableWriter:
-    """Append rows to one Parquet file holding at most one row group in memory; atomic on
-    close. Rows arrive sorted by shard, so each row group's min/max statistics let a reader
-    that filters on ``shard`` skip the groups it does not need."""
+    """Append rows to Parquet file ``name`` under ``out`` holding at most one row group in
+    memory; it appears, complete, on close (atomic). Rows arrive sorted by shard, so each row
+    group's min/max statistics let a reader that filters on ``shard`` skip the groups it does
+    not need."""
 
-    def __init__(self, path: Path, schema: pa.Schema, row_group_rows: int = 65536):
-        self._path, self._schema, self._limit = path, schema, row_group_rows
-        self._temporary = path.with_name(path.name + ".tmp")
-        self._writer = pq.ParquetWriter(self._temporary, schema)
+    def __init__(self, out: Store, name: str, schema: pa.Schema, row_group_rows: int = 65536):
+        self._schema, self._limit = schema, row_group_rows
+        self._output = out.writer(name)
+        self._writer = pq.ParquetWriter(self._output.__enter__(), schema)
         self._pending: list[dict] = []
 
     def write(self, rows: list[dict]) -> None:
@@ -77,7 +76,7 @@ class StreamingTableWriter:
         if self._pending:
             self._flush(self._pending)
         self._writer.close()
-        self._temporary.replace(self._path)
+        self._output.__exit__(None, None, None)
 
 
 def read_manifest(out: str | os.PathLike) -> pa.Table:

@@ -30,6 +30,7 @@ or stops a cluster.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -46,6 +47,7 @@ from llaso_data.ingest.corpus import UnknownStemWarning, annotation_files, corpu
 from llaso_data.manifest import (INDEX_FILE, INDEX_SCHEMA, MANIFEST_FILE, MANIFEST_SCHEMA, REJECTS_FILE,
                        REJECTS_SCHEMA, REPORT_FILE, StreamingTableWriter, write_table)
 from llaso_data.records import Sample
+from llaso_data.storage import StorageError, Store, is_url, open_store
 from llaso_data.convert.lock import OutputBusyError, out_lock
 from llaso_data.convert.resume import changed_sources, shard_input_digest, source_fingerprint
 from llaso_data.convert.shard_writer import ShardResult, shard_index, shard_name, write_shard
@@ -69,19 +71,20 @@ class ConvertOptions:
 
     ``audio_root`` defaults to the corpus folder (the folder of SRC when SRC is a file).
     ``samples_per_shard`` is a target; shard sizes vary around it (seeded hash assignment).
-    Paths may be given as ``str`` or ``Path``.
+    Paths may be given as ``str`` or ``Path``; ``out`` may also be an object-store URL
+    (``s3://bucket/prefix``, kept as a string).
     """
 
     source: Path
-    out: Path
+    out: Path | str
     audio_root: Path | None = None
     audio_mode: str = "passthrough"
     samples_per_shard: int = 1000
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("source", "out", "audio_root"):  # str or Path in, Path kept
-            if getattr(self, name) is not None:
+        for name in ("source", "out", "audio_root"):  # str or Path in, Path kept (a URL stays a str)
+            if getattr(self, name) is not None and not (name == "out" and is_url(self.out)):
                 object.__setattr__(self, name, Path(getattr(self, name)))
         if isinstance(self.samples_per_shard, bool) or not isinstance(self.samples_per_shard, int):
             raise ValueError(f"samples_per_shard must be an integer, not {self.samples_per_shard!r}")
@@ -160,10 +163,11 @@ def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | N
     as keep a task under 20,000 samples, whichever is most). It changes how work is
     spread, never the output bytes."""
     started = time.perf_counter()
-    out = Path(options.out).resolve()
+    out = open_store(options.out)
     state = _make_state_dir(out)
     try:
-        lock = out_lock(state)
+        # flock guards a local OUT; an object store offers no lock: one conversion per prefix
+        lock = out_lock(state) if state is not None else contextlib.nullcontext()
         lock.__enter__()
     except OutputBusyError as error:
         raise ConversionError(str(error)) from None
@@ -178,8 +182,8 @@ def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | N
             raise
         raise ConversionError(cause) from None
     finally:
-        for leftover in out.rglob("*.tmp"):
-            leftover.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            out.remove_temporaries()
         lock.__exit__(None, None, None)
 
 
@@ -192,26 +196,29 @@ def _run_error(error: BaseException) -> str | None:
             return str(error).splitlines()[0]  # Ray Data appends lines of advice to the message
         if isinstance(error, OSError) and error.filename:
             return f"{error.filename}: {error.strerror or error}"
+        if isinstance(error, StorageError):  # its message names the URL
+            return str(error).splitlines()[0]
         error = getattr(error, "cause", None) or error.__cause__ or error.__context__
     return None
 
 
-def _make_state_dir(out: Path) -> Path:
-    """Create ``OUT/.state``; :class:`ConversionError` when OUT cannot be a folder."""
-    if out.exists() and not out.is_dir():
-        raise ConversionError(f"{out}: exists and is not a folder")
-    state = out / STATE_DIR
+def _make_state_dir(out: Store) -> Path | None:
+    """Create ``OUT/.state`` (for a local OUT; returns it) and check that OUT takes writes;
+    :class:`ConversionError` when it cannot be used."""
+    local = out.local_path
+    if local is not None and local.exists() and not local.is_dir():
+        raise ConversionError(f"{out.url}: exists and is not a folder")
     try:
-        state.mkdir(parents=True, exist_ok=True)
-        probe = state / f"probe-{os.getpid()}.tmp"
-        probe.write_bytes(b"")
-        probe.unlink()
+        if local is not None:
+            (local / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        out.write_bytes(f"{STATE_DIR}/probe-{os.getpid()}", b"")
+        out.delete(f"{STATE_DIR}/probe-{os.getpid()}")
     except OSError as error:
-        raise ConversionError(f"{out}: cannot write there: {error.strerror or error}") from None
-    return state
+        raise ConversionError(f"{out.url}: cannot write there: {error.strerror or error}") from None
+    return local / STATE_DIR if local is not None else None
 
 
-def _convert(options: ConvertOptions, out: Path, started: float,
+def _convert(options: ConvertOptions, out: Store, started: float,
              on_progress: Callable[[Progress], None] | None, write_tasks: int | None) -> ConvertReport:
     import ray
     import ray.data
@@ -220,8 +227,8 @@ def _convert(options: ConvertOptions, out: Path, started: float,
     root = corpus_root(source)
     files = annotation_files(source)
     sources = source_fingerprint(root, files)
-    sources_path = out / STATE_DIR / SOURCES_FILE
-    before = json.loads(sources_path.read_text("utf-8")) if sources_path.exists() else None
+    sources_path = f"{STATE_DIR}/{SOURCES_FILE}"
+    before = json.loads(out.read_text(sources_path)) if out.exists(sources_path) else None
     contexts = [FileContext.for_path(root, p) for p in files]
     report = ConvertReport(unknown_stems=[c.source for c in contexts if not c.stem.known],
                            sources_changed=[] if before is None else changed_sources(before, sources))
@@ -262,7 +269,7 @@ def _convert(options: ConvertOptions, out: Path, started: float,
     written = (rows.map_batches(_assign_shards, fn_kwargs={"plan": plan, "seed": options.seed},
                                 batch_size=None, batch_format="pyarrow")
                .sort("shard_id", boundaries=partitions)
-               .map_batches(_write_shards, fn_kwargs={"out": str(out), "audio_root": str(options.resolved_audio_root),
+               .map_batches(_write_shards, fn_kwargs={"out": out.url, "audio_root": str(options.resolved_audio_root),
                                                       "audio_mode": options.audio_mode, "seed": options.seed,
                                                       "identity": options.fingerprint()},
                             batch_size=None, batch_format="pyarrow"))
@@ -285,25 +292,23 @@ def _convert(options: ConvertOptions, out: Path, started: float,
     _finish(out, sorted(shard_names), annotation_rejects, report)
     stages.end("finish")
     report.seconds = time.perf_counter() - started
-    (out / REPORT_FILE).write_text(json.dumps({"report": report.to_dict(), "options": options.fingerprint()},
-                                              indent=2) + "\n")
-    sources_path.write_text(json.dumps(sources, indent=1, sort_keys=True), "utf-8")
+    out.write_text(REPORT_FILE, json.dumps({"report": report.to_dict(), "options": options.fingerprint()},
+                                           indent=2) + "\n")
+    out.write_text(sources_path, json.dumps(sources, indent=1, sort_keys=True))
     return report
 
 
-def _remove_stale(out: Path, current: set[str]) -> int:
+def _remove_stale(out: Store, current: set[str]) -> int:
     """Delete the tars and state files of shards this run did not produce (left by an
     earlier run over other sources); returns how many shards went."""
     removed = 0
-    for tar in out.rglob("*.tar"):
-        name = tar.relative_to(out).as_posix()
+    for name in out.list(suffix=".tar"):
         if not name.startswith(STATE_DIR + "/") and name not in current:
-            tar.unlink()
+            out.delete(name)
             removed += 1
-    state = out / STATE_DIR
-    for path in state.rglob("*.tar.json"):
-        if path.relative_to(state).as_posix()[:-len(".json")] not in current:
-            path.unlink()
+    for name in out.list(STATE_DIR, suffix=".tar.json"):
+        if name[len(STATE_DIR) + 1:-len(".json")] not in current:
+            out.delete(name)
     return removed
 
 
@@ -367,35 +372,33 @@ class _StageClock:
         self._last = now
 
 
-def _prepare_out(out: Path, options: ConvertOptions) -> None:
+def _prepare_out(out: Store, options: ConvertOptions) -> None:
     """Refuse an OUT converted with other options, remove leftovers of a crash (the
     caller holds OUT's lock, so no other conversion's temporary files are among them)."""
-    state = out / STATE_DIR
-    recorded = state / "options.json"
+    recorded = f"{STATE_DIR}/options.json"
     wanted = json.dumps(options.fingerprint(), sort_keys=True)
-    if recorded.exists() and recorded.read_text() != wanted:
-        raise ConversionError(f"{out} holds a conversion made with options {recorded.read_text()}, "
+    if out.exists(recorded) and out.read_text(recorded) != wanted:
+        raise ConversionError(f"{out.url} holds a conversion made with options {out.read_text(recorded)}, "
                               f"not {wanted}; convert into an empty folder")
-    recorded.write_text(wanted)
-    for leftover in out.rglob("*.tmp"):
-        leftover.unlink()
+    out.write_text(recorded, wanted)
+    out.remove_temporaries()
 
 
-def _finish(out: Path, shard_names: list[str], annotation_rejects: list[dict], report: ConvertReport) -> None:
+def _finish(out: Store, shard_names: list[str], annotation_rejects: list[dict], report: ConvertReport) -> None:
     """Assemble manifest, index and rejects from the per-shard state files."""
     manifest_rows = []
     audio_rejects: list[dict] = []
-    index = StreamingTableWriter(out / INDEX_FILE, INDEX_SCHEMA)
+    index = StreamingTableWriter(out, INDEX_FILE, INDEX_SCHEMA)
     for name in shard_names:
-        state = json.loads(_state_path(out, name).read_text("utf-8"))
+        state = json.loads(out.read_text(_state_path(name)))
         if state["manifest"]["num_samples"]:
             manifest_rows.append(state["manifest"])
         index.write(state["index"])
         audio_rejects.extend(state["rejections"])
     index.close()
     rejects = sorted(annotation_rejects + audio_rejects, key=lambda r: (r["source"], r["ordinal"]))
-    write_table(out / MANIFEST_FILE, manifest_rows, MANIFEST_SCHEMA)
-    write_table(out / REJECTS_FILE, rejects, REJECTS_SCHEMA)
+    write_table(out, MANIFEST_FILE, manifest_rows, MANIFEST_SCHEMA)
+    write_table(out, REJECTS_FILE, rejects, REJECTS_SCHEMA)
     report.shards = len(manifest_rows)
     report.written = sum(r["num_samples"] for r in manifest_rows)
     report.audio_seconds = sum(r["audio_seconds"] for r in manifest_rows)
@@ -406,8 +409,9 @@ def _finish(out: Path, shard_names: list[str], annotation_rejects: list[dict], r
     report.rejected_by_reason = dict(sorted(by_reason.items()))
 
 
-def _state_path(out: Path, name: str) -> Path:
-    return out / STATE_DIR / (name + ".json")
+def _state_path(name: str) -> str:
+    """Where shard ``name``'s state lives, relative to OUT."""
+    return f"{STATE_DIR}/{name}.json"
 
 
 def _read_files(batch: dict[str, np.ndarray], root: str) -> Iterator[dict[str, list]]:
@@ -509,14 +513,17 @@ def _write_shards(block, out: str, audio_root: str, audio_mode: str, seed: int, 
         shard = block.slice(start, end - start)
         name = shard["shard"][0].as_py()
         try:
-            handled, done_before = _write_shard(Path(out), name, shard["payload"].to_pylist(), Path(audio_root),
-                                                audio_mode, seed, identity)
+            handled, done_before = _write_shard(open_store(out), name, shard["payload"].to_pylist(),
+                                                Path(audio_root), audio_mode, seed, identity)
+        except StorageError as error:  # names the URL
+            raise RunError(f"cannot write: {error}") from None
         except OSError as error:  # not about one record: the output cannot be written
-            raise RunError(f"{error.filename or Path(out) / name}: cannot write: {error.strerror or error}") from None
+            raise RunError(f"{error.filename or open_store(out).url_of(name)}: cannot write: "
+                           f"{error.strerror or error}") from None
         yield pa.table({"shard": [name], "handled": [handled], "reused": [done_before]})
 
 
-def _write_shard(out: Path, name: str, payloads: list[str], audio_root: Path, audio_mode: str,
+def _write_shard(out: Store, name: str, payloads: list[str], audio_root: Path, audio_mode: str,
                  seed: int, identity: dict) -> tuple[int, bool]:
     """Write shard ``name`` from its samples' JSON unless its state file records the same
     inputs (see :func:`~llaso_data.convert.resume.shard_input_digest`) and its tar exists;
@@ -525,12 +532,12 @@ def _write_shard(out: Path, name: str, payloads: list[str], audio_root: Path, au
     clips = AudioRoot(audio_root)
     digest = shard_input_digest({**identity, "audio_root": str(audio_root)}, payloads,
                                 [_resolved(clips, path) for s in samples for path in s.audio])
-    state_path = _state_path(out, name)
-    if state_path.exists():
-        state = json.loads(state_path.read_text("utf-8"))
-        if state.get("input") == digest and (not state["manifest"]["num_samples"] or (out / name).exists()):
+    state_path = _state_path(name)
+    if out.exists(state_path):
+        state = json.loads(out.read_text(state_path))
+        if state.get("input") == digest and (not state["manifest"]["num_samples"] or out.exists(name)):
             return state["manifest"]["num_samples"] + len(state["rejections"]), True
-    _save_state(state_path, write_shard(out, name, samples, audio_root, audio_mode, seed), digest)
+    _save_state(out, state_path, write_shard(out, name, samples, audio_root, audio_mode, seed), digest)
     return len(samples), False
 
 
@@ -542,11 +549,8 @@ def _resolved(root: AudioRoot, relative: str) -> str:
         return f"unresolved:{relative}:{type(error).__name__}"
 
 
-def _save_state(path: Path, result: ShardResult, digest: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps({
+def _save_state(out: Store, path: str, result: ShardResult, digest: str) -> None:
+    out.write_text(path, json.dumps({
         "input": digest, "manifest": result.manifest, "index": result.index,
         "rejections": [r.to_dict() for r in result.rejections],
-    }, ensure_ascii=False), "utf-8")
-    temporary.replace(path)
+    }, ensure_ascii=False))

@@ -10,7 +10,6 @@ seeded hashes of its key: the same input and options always give the same bytes.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import tarfile
 from dataclasses import dataclass, field, replace
@@ -20,6 +19,7 @@ from typing import BinaryIO
 from llaso_data.convert.transcode import AudioError, encode_clip
 from llaso_data.ingest.paths import AudioPathError, AudioRoot
 from llaso_data.records import Rejection, Sample
+from llaso_data.storage import Store
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -66,25 +66,30 @@ class ShardResult:
     rejections: list[Rejection] = field(default_factory=list)
 
 
-def write_shard(out_root: Path, name: str, samples: list[Sample], audio_root: Path,
+class _NothingToWrite(Exception):
+    """Every sample of a shard was rejected: its tar is not published."""
+
+
+def write_shard(out_root: Store, name: str, samples: list[Sample], audio_root: Path,
                 audio_mode: str, seed: int) -> ShardResult:
-    """Read the audio of ``samples``, write ``out_root/name`` atomically, return its rows.
+    """Read the audio of ``samples``, write ``name`` under ``out_root`` (a local folder or a
+    bucket prefix) atomically, return its rows. The tar streams out as it is built (on S3 a
+    multipart upload), and appears under its name only when complete.
 
     Samples whose audio is missing, not a regular file, undecodable, empty or invalid
     become rejections, as does a sample for which anything else raises (``record_error``).
     When every sample is rejected no tar is written and ``manifest["num_samples"]`` is 0.
-    An error writing the tar (a full disk) propagates; the temporary file is removed.
+    An error writing the tar (a full disk, a bucket that keeps failing) propagates; the
+    temporary file is removed.
     """
     first = samples[0]
     split, modality, task, category = first.split, first.modality, first.task, first.category
-    target = out_root / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(target.name + ".tmp")
     result = ShardResult(manifest={})
     seconds_total = 0.0
     clip_root = AudioRoot(audio_root)
+    tar = None
     try:
-        with open(temporary, "wb") as file:
+        with out_root.writer(name) as file:
             tar = TarStream(file)
             for sample in sorted(samples, key=lambda s: order_within_shard(s.key, seed)):
                 encoded = _encode_sample(sample, clip_root, audio_mode)
@@ -105,10 +110,10 @@ def write_shard(out_root: Path, name: str, samples: list[Sample], audio_root: Pa
                     "source": sample.source, "ordinal": sample.ordinal,
                 })
             tar.close()
-        if result.index:
-            os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)  # a failed write (a full disk) leaves nothing behind
+            if not result.index:
+                raise _NothingToWrite
+    except _NothingToWrite:
+        pass
     result.manifest = {
         "shard": name, "split": split, "modality": modality, "task": task, "category": category,
         "num_samples": len(result.index), "audio_seconds": seconds_total,
