@@ -8,6 +8,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from llaso_data.storage import is_url
+
 from llaso_data.ingest.corpus import ScanReport, UnknownStemWarning, scan
 
 
@@ -41,7 +43,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser("convert", help="convert a corpus into stratified WebDataset shards with Ray")
     convert.add_argument("src", type=Path, help="an annotation file or a corpus folder")
-    convert.add_argument("out", type=Path, help="output folder (created; a re-run resumes)")
+    convert.add_argument("out", type=location,
+                         help="output folder or s3://bucket/prefix (created; a re-run resumes)")
     convert.add_argument("--audio-root", type=Path, default=None,
                          help="folder the voice paths are relative to (default: the corpus folder)")
     convert.add_argument("--address", default=None,
@@ -54,17 +57,18 @@ def _build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(run=_run_convert)
 
     verify = commands.add_parser("verify", help="re-hash every shard against the manifest and check its structure")
-    verify.add_argument("out", type=Path)
+    verify.add_argument("out", type=location, help="converted corpus: folder or s3://bucket/prefix")
     verify.set_defaults(run=_run_verify)
 
     stats = commands.add_parser("stats", help="samples, hours and shards per split/modality/task")
-    stats.add_argument("out", type=Path)
+    stats.add_argument("out", type=location, help="converted corpus: folder or s3://bucket/prefix")
     stats.add_argument("--chart", type=Path, default=None, help="write a chart (.png, .svg or .html)")
     stats.add_argument("--metric", choices=("hours", "samples"), default="hours")
     stats.set_defaults(run=_run_stats)
 
     plan = commands.add_parser("plan", help="preview an epoch's mixture over one or more converted corpora")
-    plan.add_argument("out", type=Path, nargs="+", help="converted corpora (the sources, in order)")
+    plan.add_argument("out", type=location, nargs="+",
+                      help="converted corpora, folders or s3://bucket/prefix (the sources, in order)")
     plan.add_argument("--weights", type=float, nargs="+", default=None, help="one weight per source (default 1)")
     plan.add_argument("--mixing", choices=("natural", "uniform", "temperature", "explicit"), default="natural")
     plan.add_argument("--temperature", type=float, default=1.0)
@@ -126,6 +130,11 @@ def _run_scan(args: argparse.Namespace) -> int:
     else:
         _print_report(report)
     return 0
+
+
+def location(text: str) -> str | Path:
+    """A command-line location: an object-store URL stays a string, anything else is a Path."""
+    return text if is_url(text) else Path(text)
 
 
 def _run_convert(args: argparse.Namespace) -> int:
@@ -240,7 +249,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         batching = Batching(batch_size=None if args.max_tokens else (args.batch_size or 8),
                             max_tokens=args.max_tokens, audio_tokens_per_second=args.audio_tokens_per_second,
                             chars_per_token=args.chars_per_token, max_length=args.max_length)
-        names = [out.resolve().name for out in args.out]
+        names = [out.rstrip("/").rsplit("/", 1)[-1] if is_url(out) else out.resolve().name for out in args.out]
         sources = [Source(out, selection, weight, name if names.count(name) == 1 else f"{name}-{number}")
                    for number, (out, weight, name) in enumerate(zip(args.out, weights, names))]
         config = PlanConfig(sources, Mixing(args.mixing, args.temperature, task_weights), batching, seed=args.seed)

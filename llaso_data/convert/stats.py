@@ -29,8 +29,9 @@ _SVG_WIDTH = 640
 """Total SVG width (pixels)."""
 
 
-def corpus_stats(out: Path) -> list[dict]:
-    """One row per (split, modality, task, category) of the corpus in ``out``, sorted:
+def corpus_stats(out: Path | str) -> list[dict]:
+    """One row per (split, modality, task, category) of the corpus in ``out`` (a folder or
+    an ``s3://`` prefix), sorted:
     those four keys plus ``samples`` (count), ``hours`` (audio hours) and ``shards`` (count)."""
     totals: dict[tuple, dict] = defaultdict(lambda: {"samples": 0, "seconds": 0.0, "shards": 0})
     for row in read_manifest(out).to_pylist():

@@ -27,10 +27,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llaso_data.manifest import INDEX_FILE, MANIFEST_FILE, read_manifest
+from llaso_data.storage import RangeFile, Store, open_store
 from llaso_data.records import Sample
 
-_READ_CHUNK = 2**20
-"""Bytes per read from a shard file."""
+_READ_CHUNK = 8 * 2**20
+"""Bytes per read from a shard file (one request on an object store)."""
 _INDEX_BATCH = 65536
 """Index rows per Parquet batch."""
 _JSON_LIMIT = 16 * 2**20
@@ -77,13 +78,14 @@ class _Entry:
 
 
 def verify(out: Path | str) -> VerifyReport:
-    """Verify the converted corpus in ``out``; see the module docstring for what is checked."""
-    out = Path(out)
+    """Verify the converted corpus in ``out`` (a folder or an ``s3://`` prefix); see the
+    module docstring for what is checked."""
+    out = open_store(out)
     report = VerifyReport()
     manifest = _load_manifest(out, report)
     if manifest is None:
         return report
-    report.add(INDEX_FILE, _duplicate_keys(out / INDEX_FILE))
+    report.add(INDEX_FILE, _duplicate_keys(out))
     indexed = _verify_indexed_shards(out, manifest, report)
     for shard in [s for s in manifest if s not in indexed]:
         report.add(shard, [f"{shard}: listed in {MANIFEST_FILE} but has no rows in {INDEX_FILE}"])
@@ -93,13 +95,14 @@ def verify(out: Path | str) -> VerifyReport:
     return report
 
 
-def _duplicate_keys(path: Path) -> list[str]:
+def _duplicate_keys(out: Store) -> list[str]:
     """A problem per key the index lists more than once (the first few, then a count).
     The key column is counted by Arrow, outside Python objects."""
     import pyarrow.compute as pc
 
     try:
-        keys = pq.read_table(path, columns=["key"])["key"]
+        with out.open_file(INDEX_FILE) as file:
+            keys = pq.ParquetFile(file.native).read(columns=["key"])["key"]
     except (OSError, pa.ArrowException):
         return []  # reported where the index is read
     counts = pc.value_counts(keys).flatten()
@@ -110,10 +113,10 @@ def _duplicate_keys(path: Path) -> list[str]:
     return problems
 
 
-def _load_manifest(out: Path, report: VerifyReport) -> dict[str, dict] | None:
+def _load_manifest(out: Store, report: VerifyReport) -> dict[str, dict] | None:
     """Manifest rows by shard path, or None (with a problem filed) when unreadable."""
     try:
-        rows = read_manifest(out).to_pylist()
+        rows = read_manifest(out.url).to_pylist()
     except (OSError, pa.ArrowException) as error:
         report.add(MANIFEST_FILE, [f"{MANIFEST_FILE}: cannot be read: {error}"])
         return None
@@ -125,13 +128,13 @@ def _load_manifest(out: Path, report: VerifyReport) -> dict[str, dict] | None:
     return manifest
 
 
-def _verify_indexed_shards(out: Path, manifest: dict[str, dict], report: VerifyReport) -> set[str]:
+def _verify_indexed_shards(out: Store, manifest: dict[str, dict], report: VerifyReport) -> set[str]:
     """Verify each shard named in the index against its rows; check the sample total.
     Returns the shards the index names."""
     seen: set[str] = set()
     rows = 0
     try:
-        for shard, entries in _index_runs(out / INDEX_FILE):
+        for shard, entries in _index_runs(out):
             rows += len(entries)
             if shard in seen:
                 report.add(shard, [f"{shard}: its rows in {INDEX_FILE} are not contiguous"])
@@ -150,35 +153,35 @@ def _verify_indexed_shards(out: Path, manifest: dict[str, dict], report: VerifyR
     return seen
 
 
-def _index_runs(path: Path) -> Iterator[tuple[str, list[_Entry]]]:
+def _index_runs(out: Store) -> Iterator[tuple[str, list[_Entry]]]:
     """Stream the index as runs of consecutive rows of the same shard."""
     columns = ["key", "shard", "offset", "num_clips", "audio_seconds"]
     shard, run = None, []
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=_INDEX_BATCH, columns=columns):
-        data = batch.to_pydict()
-        for key, name, offset, clips, seconds in zip(*(data[c] for c in columns)):
-            if name != shard:
-                if run:
-                    yield shard, run
-                shard, run = name, []
-            run.append(_Entry(key, offset, clips, seconds))
+    with out.open_file(INDEX_FILE) as file:
+        for batch in pq.ParquetFile(file.native).iter_batches(batch_size=_INDEX_BATCH, columns=columns):
+            data = batch.to_pydict()
+            for key, name, offset, clips, seconds in zip(*(data[c] for c in columns)):
+                if name != shard:
+                    if run:
+                        yield shard, run
+                    shard, run = name, []
+                run.append(_Entry(key, offset, clips, seconds))
     if run:
         yield shard, run
 
 
-def _verify_shard(out: Path, row: dict, index: list[_Entry] | None, report: VerifyReport) -> None:
+def _verify_shard(out: Store, row: dict, index: list[_Entry] | None, report: VerifyReport) -> None:
     """Check one shard file against its manifest row and its index rows (unless None, or
     no sample could be read from the file)."""
     shard = row["shard"]
     report.shards_checked += 1
-    path = out / shard
     if Path(shard).is_absolute() or ".." in Path(shard).parts:
         problems = [f"{shard}: path leaves the corpus folder"]
-    elif not path.is_file():
+    elif not out.exists(shard):
         problems = [f"{shard}: missing on disk"]
     else:
         try:
-            found, problems = _check_file(path, row)
+            found, problems = _check_file(out, row)
         except OSError as error:
             found, problems = [], [f"{shard}: cannot be read: {error}"]
         report.samples_checked += len(found)
@@ -187,11 +190,12 @@ def _verify_shard(out: Path, row: dict, index: list[_Entry] | None, report: Veri
     report.add(shard, _capped(problems))
 
 
-def _check_file(path: Path, row: dict) -> tuple[list[_Entry], list[str]]:
-    """Read the shard once: its samples, plus problems with size, hash, tar structure and
-    the manifest's counts."""
+def _check_file(out: Store, row: dict) -> tuple[list[_Entry], list[str]]:
+    """Read the shard once, front to back (on an object store one ranged GET per
+    :data:`_READ_CHUNK`): its samples, plus problems with size, hash, tar structure and the
+    manifest's counts."""
     shard = row["shard"]
-    with open(path, "rb") as raw:
+    with out.open_file(shard) as raw:
         reader = _HashingReader(raw)
         found, problems, end = _scan_tar(reader, row)
         reader.drain()
@@ -209,7 +213,7 @@ class _HashingReader:
     """A read-only file object that hashes and counts what is read through it and tracks
     where the last non-zero byte ends (to tell a tar's end-of-archive zeros from garbage)."""
 
-    def __init__(self, raw):
+    def __init__(self, raw: RangeFile):
         self._raw = raw
         self.sha256 = hashlib.sha256()
         self.size = 0
@@ -218,7 +222,7 @@ class _HashingReader:
         """Byte position just after the last non-zero byte read so far."""
 
     def read(self, size: int = -1) -> bytes:
-        chunk = self._raw.read(size)
+        chunk = self._raw.read_at(self.size, self._raw.size - self.size if size < 0 else size)
         self.sha256.update(chunk)
         nonzero = len(chunk.rstrip(b"\0"))
         if nonzero:
@@ -386,7 +390,6 @@ def _capped(problems: list[str]) -> list[str]:
     return problems[:_MAX_PROBLEMS] + [f"... and {len(problems) - _MAX_PROBLEMS} more problems"]
 
 
-def _stray_shards(out: Path, manifest: dict[str, dict]) -> list[str]:
+def _stray_shards(out: Store, manifest: dict[str, dict]) -> list[str]:
     """Tar files under ``out`` (paths relative to it) that the manifest does not list."""
-    on_disk = (p.relative_to(out).as_posix() for p in out.rglob("*.tar") if p.is_file())
-    return sorted(p for p in on_disk if p not in manifest)
+    return [name for name in out.list(suffix=".tar") if name not in manifest]
