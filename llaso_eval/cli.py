@@ -17,6 +17,8 @@ import sys
 import threading
 from pathlib import Path
 
+from llaso_data.cli import location
+
 from .judge import DEFAULT_PROMPT_VERSION, Judge, JudgeError
 from .judge_cache import CACHE_FILE, PUBLISHED_FOLDER, JudgeIdentity, Verdict, VerdictStore, cache_identity, \
     read_cache_file
@@ -62,7 +64,8 @@ def _add_generate(commands) -> None:
         description="Run as: torchrun --nproc_per_node N -m llaso_eval generate --model EXPORT "
                     "--shards DIR --out DIR (or plain `llaso-eval generate` for one process).")
     generate.add_argument("--model", type=Path, required=True, help="a llaso_train export folder (RUN/export)")
-    generate.add_argument("--shards", type=Path, required=True, help="a converted corpus (llaso-shard convert)")
+    generate.add_argument("--shards", type=location, required=True,
+                          help="a converted corpus (llaso-shard convert): a folder or s3://bucket/prefix")
     generate.add_argument("--out", type=Path, required=True, help="a new or empty folder for the predictions")
     generate.add_argument("--splits", nargs="+", default=["test"], help="splits to answer (default: test)")
     generate.add_argument("--modalities", nargs="+", default=None, help="modalities to answer (default: all)")

@@ -21,11 +21,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import torch
 
 from llaso_data.stream.chat import renderer, special_token_ids
-from llaso_data.manifest import INDEX_FILE
+from llaso_data.manifest import open_index
 from llaso_data.stream.plan import Batching, PlanConfig, Selection, Source
 from llaso_data.records import Sample
 from llaso_data.stream.loader import ShardStream, StreamConfig, StreamLoader
@@ -40,7 +39,8 @@ ROLE_NAMES = {"user": "human", "assistant": "gpt"}
 class GenerateOptions:
     """One generation run.
 
-    ``model``: a ``llaso_train`` export directory; ``shards``: a converted corpus; ``out``: a
+    ``model``: a ``llaso_train`` export directory; ``shards``: a converted corpus (a folder
+    or an ``s3://`` prefix); ``out``: a
     new or empty predictions directory; ``splits``/``modalities``/``tasks``: which strata
     (``None`` = all); ``batch_size`` samples per rank and step; ``max_new_tokens`` per
     answer; ``zero_stage`` 3 partitions the weights over the ranks (ZeRO-3 inference), 0
@@ -48,7 +48,7 @@ class GenerateOptions:
     """
 
     model: Path
-    shards: Path
+    shards: Path | str
     out: Path
     splits: tuple[str, ...] | None = ("test",)
     modalities: tuple[str, ...] | None = None
@@ -103,9 +103,11 @@ def llaso_record(sample: Sample, answer: str) -> dict:
     return record
 
 
-def expected_samples(shards: Path, selection: Selection) -> dict[str, tuple[str, int]]:
-    """``{key: (source, ordinal)}`` of every sample the selection covers, from the index."""
-    table = pq.read_table(shards / INDEX_FILE, columns=["key", "split", "modality", "task", "source", "ordinal"])
+def expected_samples(shards: Path | str, selection: Selection) -> dict[str, tuple[str, int]]:
+    """``{key: (source, ordinal)}`` of every sample the selection covers, from the index of
+    ``shards`` (a folder or an ``s3://`` prefix)."""
+    with open_index(shards) as index:
+        table = index.read(columns=["key", "split", "modality", "task", "source", "ordinal"])
     return {row["key"]: (row["source"], row["ordinal"]) for row in table.to_pylist()
             if selection.keeps(row["split"], row["modality"], row["task"])}
 
