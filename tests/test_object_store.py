@@ -198,9 +198,10 @@ def test_a_shard_that_keeps_failing_is_named(reference, s3_endpoint, monkeypatch
     s3_endpoint.fault = None
 
 
-def test_train_a_few_steps_from_the_bucket(reference, tmp_path):
+def test_train_a_few_steps_and_generate_from_the_bucket(reference, tmp_path):
     """Two ZeRO-3 ranks under torchrun train the tiny preset from ``data.sources`` in the
-    bucket; the ranks and their loader workers reach it through the inherited ``AWS_*``."""
+    bucket (the ranks and their loader workers reach it through the inherited ``AWS_*``);
+    ``llaso-eval generate --shards s3://...`` answers the bucket's test samples."""
     out = tmp_path / "run"
     command = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "-m", "llaso_train",
                "--config", str(REPO / "llaso_train" / "configs" / "tiny_align.yaml"), f"output_dir={out}",
@@ -212,3 +213,14 @@ def test_train_a_few_steps_from_the_bucket(reference, tmp_path):
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3]
     assert all(np.isfinite(m["loss"]) for m in metrics)
+
+    # the exported model answers the bucket's ASR test samples (one rank, full copy)
+    predictions = tmp_path / "predictions"
+    result = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "1", "-m",
+                             "llaso_eval", "generate", "--model", str(out / "export"),
+                             "--shards", reference, "--out", str(predictions), "--tasks", "ASR",
+                             "--max-new-tokens", "4", "--zero-stage", "0", "--num-workers", "0"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    summary = json.loads((predictions / "generation.json").read_text())
+    assert summary["predicted"] == summary["samples"] > 0
