@@ -34,6 +34,8 @@ def _build_parser() -> argparse.ArgumentParser:
     scan.add_argument("src", type=Path, help="an annotation file or a corpus folder")
     scan.add_argument("--audio-root", type=Path, default=None,
                       help="also check that every audio file exists under this folder")
+    scan.add_argument("--audio-archives", nargs="+", default=(), metavar="GLOB",
+                      help="also check that every clip is a member of these zip parts (glob patterns or paths)")
     scan.add_argument("--json", action="store_true", help="print one JSON object")
     scan.add_argument("--show-rejects", type=int, default=5, metavar="N",
                       help="print the first N rejections with file, record and reason (default 5)")
@@ -44,6 +46,9 @@ def _build_parser() -> argparse.ArgumentParser:
     convert.add_argument("out", type=Path, help="output folder (created; a re-run resumes)")
     convert.add_argument("--audio-root", type=Path, default=None,
                          help="folder the voice paths are relative to (default: the corpus folder)")
+    convert.add_argument("--audio-archives", nargs="+", default=(), metavar="GLOB",
+                         help="read the audio in place from these zip parts (glob patterns or paths, "
+                              "e.g. 'LLaSO-Instruct/*.zip') instead of loose files")
     convert.add_argument("--address", default=None,
                          help="Ray cluster address (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     convert.add_argument("--audio", choices=("passthrough", "flac16k"), default="passthrough",
@@ -82,7 +87,12 @@ def _run_scan(args: argparse.Namespace) -> int:
     if not args.src.exists():
         print(f"llaso-shard scan: {args.src}: no such file or folder", file=sys.stderr)
         return 2
-    report = scan(args.src, audio_root=args.audio_root, max_examples=args.show_rejects)
+    try:
+        audio = _scan_audio(args.audio_root, args.audio_archives)
+    except ValueError as error:
+        print(f"llaso-shard scan: {error}", file=sys.stderr)
+        return 2
+    report = scan(args.src, audio=audio, max_examples=args.show_rejects)
     for rejection in report.examples:
         print(f"rejected: {rejection}", file=sys.stderr)
     if args.json:
@@ -92,10 +102,31 @@ def _run_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scan_audio(audio_root: Path | None, patterns: list[str]):
+    """What ``scan`` checks clips against: None, a loose-file root, or zip parts (their
+    central directories read in this process). Raises ValueError for bad options or parts."""
+    from llaso_data.ingest.archives import ArchiveSet, ArchiveSource, MemberIndex, refuse_archive_root
+    from llaso_data.ingest.paths import AudioRoot
+
+    if patterns and audio_root is not None:
+        raise ValueError("give --audio-root (loose files) or --audio-archives (zip parts), not both")
+    if patterns:
+        return ArchiveSource(MemberIndex.build(ArchiveSet.from_patterns(patterns)))
+    if audio_root is None:
+        return None
+    refuse_archive_root(audio_root)
+    return AudioRoot(audio_root)
+
+
 def _run_convert(args: argparse.Namespace) -> int:
     from llaso_data.convert.pipeline import ConvertOptions
 
-    options = ConvertOptions(args.src, args.out, args.audio_root, args.audio, args.samples_per_shard, args.seed)
+    try:
+        options = ConvertOptions(args.src, args.out, args.audio_root, args.audio, args.samples_per_shard, args.seed,
+                                 args.audio_archives)
+    except ValueError as error:
+        print(f"llaso-shard convert: {error}", file=sys.stderr)
+        return 2
     return run_conversion(options, args.address, args.num_cpus)
 
 

@@ -148,9 +148,16 @@ REJECT_REASONS: dict[str, str] = {
     "audio_missing": "an audio file does not exist",
     "audio_undecodable": "an audio file cannot be decoded",
     "audio_empty": "an audio file has no samples",
+    "audio_ambiguous": "a voice path names a member that several audio archive parts hold",
+    "archive_member_unreadable": "the archive member holding a clip is encrypted, uses a compression method "
+                                 "other than stored or deflated, or fails its header, size or CRC-32 check",
 }
 """Every reason a record can be rejected for, with what it means: the one catalogue that
 readers, validation, conversion and the synthetic corpus's faults draw from."""
+
+ARCHIVE_REASONS = frozenset({"audio_ambiguous", "archive_member_unreadable"})
+"""The reasons only audio read from zip parts (``--audio-archives``) can give; a corpus of
+loose files (what ``llaso-shard synth --faults`` writes) covers every other reason."""
 
 
 @dataclass(frozen=True)

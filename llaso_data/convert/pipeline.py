@@ -37,7 +37,10 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from llaso_data.convert.archive_table import CACHE_DIR, build_member_index
+from llaso_data.ingest.archives import ArchiveSet, ArchiveSource, AudioSource, refuse_archive_root
 from llaso_data.ingest.corpus import UnknownStemWarning, annotation_files, corpus_root, iter_file
+from llaso_data.ingest.paths import AudioRoot
 from llaso_data.manifest import (INDEX_FILE, INDEX_SCHEMA, MANIFEST_FILE, MANIFEST_SCHEMA, REJECTS_FILE,
                        REJECTS_SCHEMA, REPORT_FILE, StreamingTableWriter, write_table)
 from llaso_data.records import Sample
@@ -59,6 +62,8 @@ class ConvertOptions:
     """What to convert and how.
 
     ``audio_root`` defaults to the corpus folder (the folder of SRC when SRC is a file).
+    ``audio_archives``: glob patterns (or paths) of zip parts to read the audio from in
+    place, instead of loose files under ``audio_root`` (the two exclude each other).
     ``samples_per_shard`` is a target; shard sizes vary around it (seeded hash assignment).
     """
 
@@ -68,8 +73,12 @@ class ConvertOptions:
     audio_mode: str = "passthrough"
     samples_per_shard: int = 1000
     seed: int = 0
+    audio_archives: tuple[str, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "audio_archives", tuple(str(p) for p in self.audio_archives))
+        if self.audio_archives and self.audio_root is not None:
+            raise ValueError("give --audio-root (loose files) or --audio-archives (zip parts), not both")
         if self.samples_per_shard < 1:
             raise ValueError("samples_per_shard must be at least 1")
         if self.audio_mode not in ("passthrough", "flac16k"):
@@ -113,6 +122,7 @@ class ConvertReport:
     unknown_stems: list = field(default_factory=list)
     seconds: float = 0.0
     stage_seconds: dict = field(default_factory=dict)  # read, count, write (incl. shuffle), finish
+    archives: dict = field(default_factory=dict)  # zip parts: see archive_table.TableReport
 
     @property
     def identity_holds(self) -> bool:
@@ -159,10 +169,11 @@ def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | N
     # (materialise, or the sort before the writes), so there is nothing to guard.
     context.op_resource_reservation_enabled = False
 
+    audio = _audio_source(options, out, report)
     rows = ray.data.from_items([{"path": str(p)} for p in files], override_num_blocks=max(len(files), 1))
     rows = rows.map_batches(_read_files, fn_kwargs={"root": str(root)}, batch_size=1).materialize()
     stages = _StageClock(report.stage_seconds, started)
-    stages.end("read")
+    stages.end("read")  # includes the archive member table, timed apart in report.archives
 
     counts: dict[tuple[str, str, str], int] = {}
     annotation_rejects: list[dict] = []
@@ -183,7 +194,7 @@ def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | N
     written = (rows.map_batches(_assign_shards, fn_kwargs={"plan": plan, "seed": options.seed},
                                 batch_size=None, batch_format="pyarrow")
                .sort("shard_id", boundaries=partitions)
-               .map_batches(_write_shards, fn_kwargs={"out": str(out), "audio_root": str(options.resolved_audio_root),
+               .map_batches(_write_shards, fn_kwargs={"out": str(out), "audio": audio,
                                                       "audio_mode": options.audio_mode, "seed": options.seed},
                             batch_size=None, batch_format="pyarrow"))
     shard_names: list[str] = []
@@ -267,6 +278,23 @@ class _StageClock:
         now = time.perf_counter()
         self._seconds[name] = round(now - self._last, 3)
         self._last = now
+
+
+def _audio_source(options: ConvertOptions, out: Path, report: ConvertReport) -> AudioSource:
+    """The folder of loose files, or the zip parts with their member index (built in Ray
+    tasks, cached under ``OUT/.archives``). Raises :class:`ConversionError` for a loose
+    root that holds zip parts, a pattern that matches nothing and a bad part."""
+    try:
+        if not options.audio_archives:
+            refuse_archive_root(options.resolved_audio_root)
+            return AudioRoot(options.resolved_audio_root)
+        started = time.perf_counter()
+        archives = ArchiveSet.from_patterns(options.audio_archives)
+        index, table = build_member_index(archives, out / CACHE_DIR)
+    except ValueError as error:
+        raise ConversionError(str(error)) from None
+    report.archives = {**asdict(table), "parts": len(archives.parts), "seconds": round(time.perf_counter() - started, 3)}
+    return ArchiveSource(index)
 
 
 def _prepare_out(out: Path, options: ConvertOptions) -> None:
@@ -385,7 +413,7 @@ def _assign_shards(block, plan: ShardPlan, seed: int):
             .append_column("shard", pa.array(names, pa.string())))
 
 
-def _write_shards(block, out: str, audio_root: str, audio_mode: str, seed: int):
+def _write_shards(block, out: str, audio: AudioSource, audio_mode: str, seed: int):
     """Ray UDF: the sample rows of whole shards, sorted by ``shard_id``, in; one row per
     shard, written (or found done), out as each shard is done."""
     import pyarrow as pa
@@ -397,12 +425,11 @@ def _write_shards(block, out: str, audio_root: str, audio_mode: str, seed: int):
             continue
         shard = block.slice(start, end - start)
         name = shard["shard"][0].as_py()
-        handled, done_before = _write_shard(Path(out), name, shard["payload"].to_pylist(), Path(audio_root),
-                                            audio_mode, seed)
+        handled, done_before = _write_shard(Path(out), name, shard["payload"].to_pylist(), audio, audio_mode, seed)
         yield pa.table({"shard": [name], "handled": [handled], "reused": [done_before]})
 
 
-def _write_shard(out: Path, name: str, payloads: list[str], audio_root: Path, audio_mode: str,
+def _write_shard(out: Path, name: str, payloads: list[str], audio: AudioSource, audio_mode: str,
                  seed: int) -> tuple[int, bool]:
     """Write shard ``name`` from its samples' JSON unless its state file says it is done;
     returns (samples handled, whether it was already done)."""
@@ -412,7 +439,7 @@ def _write_shard(out: Path, name: str, payloads: list[str], audio_root: Path, au
         if not state["manifest"]["num_samples"] or (out / name).exists():
             return state["manifest"]["num_samples"] + len(state["rejections"]), True
     samples = [Sample.from_json(p) for p in payloads]
-    _save_state(state_path, write_shard(out, name, samples, audio_root, audio_mode, seed))
+    _save_state(state_path, write_shard(out, name, samples, audio, audio_mode, seed))
     return len(samples), False
 
 

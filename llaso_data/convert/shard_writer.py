@@ -17,8 +17,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from llaso_data.convert.transcode import AudioError, encode_clip
-from llaso_data.ingest.paths import AudioPathError, AudioRoot
+from llaso_data.convert.clips import CLIP_ERRORS, ClipReader
+from llaso_data.convert.transcode import encode_data
+from llaso_data.ingest.archives import AudioSource
 from llaso_data.records import Rejection, Sample
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -66,12 +67,14 @@ class ShardResult:
     rejections: list[Rejection] = field(default_factory=list)
 
 
-def write_shard(out_root: Path, name: str, samples: list[Sample], audio_root: Path,
+def write_shard(out_root: Path, name: str, samples: list[Sample], audio: AudioSource,
                 audio_mode: str, seed: int) -> ShardResult:
-    """Read the audio of ``samples``, write ``out_root/name`` atomically, return its rows.
+    """Read the audio of ``samples`` from ``audio`` (a folder of loose files or a set of
+    zip parts), write ``out_root/name`` atomically, return its rows.
 
-    Samples whose audio is missing, undecodable or empty become rejections. When every
-    sample is rejected no tar is written and ``manifest["num_samples"]`` is 0.
+    Samples whose audio is missing, undecodable, empty or (from zip parts) ambiguous or
+    unreadable become rejections. When every sample is rejected no tar is written and
+    ``manifest["num_samples"]`` is 0.
     """
     first = samples[0]
     split, modality, task, category = first.split, first.modality, first.task, first.category
@@ -80,13 +83,12 @@ def write_shard(out_root: Path, name: str, samples: list[Sample], audio_root: Pa
     temporary = target.with_name(target.name + ".tmp")
     result = ShardResult(manifest={})
     seconds_total = 0.0
-    clip_root = AudioRoot(audio_root)
-    with open(temporary, "wb") as file:
+    with open(temporary, "wb") as file, ClipReader(audio) as reader:
         tar = TarStream(file)
         for sample in sorted(samples, key=lambda s: order_within_shard(s.key, seed)):
             try:
-                clips = [encode_clip(clip_root.resolve(p), audio_mode) for p in sample.audio]
-            except (AudioError, AudioPathError) as error:
+                clips = [encode_data(*reader.read(p), audio_mode) for p in sample.audio]
+            except CLIP_ERRORS as error:
                 result.rejections.append(Rejection(sample.source, sample.ordinal, error.reason,
                                                    str(error), sample.to_json(), None, sample.key))
                 continue
