@@ -265,7 +265,22 @@ def test_the_other_form_points_to_audio_archives(faulty, tmp_path):
     assert rejected == {"audio_missing": 2, "audio_ambiguous": 1}  # member reads happen at conversion
 
 
-def test_shared_root_rule():
+def test_shared_root_rule(tmp_path):
     assert shared_root(["a/b/x.wav", "a/c/y.wav"]) == "a/"
     assert shared_root(["a/x.wav", "b/y.wav"]) == ""
     assert shared_root(["x.wav"]) == ""
+    # Every member under one corpus folder inside a wrapping folder: the voice path (which
+    # starts at the corpus folder) resolves through the shortest prefix that names a member.
+    wav = _wav()
+    _zipfile_part(tmp_path / "p.zip", [("LLaSO-audio/vctk/wav48/p1/a.flac", wav),
+                                       ("LLaSO-audio/vctk/wav48/p2/b.flac", wav),
+                                       ("LLaSO-audio/vctk/wav48/p2/vctk/wav48/p2/b.flac", b"")], zipfile.ZIP_STORED)
+    source = ArchiveSource(MemberIndex.build(ArchiveSet.from_patterns([str(tmp_path / "p.zip")])))
+    assert source.index.root == "LLaSO-audio/vctk/wav48/"
+    assert source.member("vctk/wav48/p1/a.flac").name == "LLaSO-audio/vctk/wav48/p1/a.flac"
+    assert source.member("vctk/wav48/p2/b.flac").name == "LLaSO-audio/vctk/wav48/p2/b.flac"  # shortest first
+    assert source.member("LLaSO-audio/vctk/wav48/p1/a.flac").name == "LLaSO-audio/vctk/wav48/p1/a.flac"
+    assert source.member("wav48/p1/a.flac").name == "LLaSO-audio/vctk/wav48/p1/a.flac"  # via the whole root
+    with pytest.raises(AudioPathError, match="no member named") as error:
+        source.member("vctk/wav48/p9/a.flac")
+    assert error.value.reason == "audio_missing" and "'LLaSO-audio/vctk/wav48/vctk/wav48/p9/a.flac'" in str(error.value)

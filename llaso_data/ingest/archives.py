@@ -12,11 +12,12 @@ voice-path resolution rule.
   :class:`~llaso_data.ingest.paths.AudioRoot` for loose files).
 
 Resolution rule, deterministic: a voice path ``p`` (already normalised, ``\\`` -> ``/``,
-confined) names the member called ``p``; when there is none, the member called
-``R + p``, where ``R`` is the archive set's shared root: the longest run of leading folders
-common to every member name of every part (``""`` when the members share none). So parts
-built from the audio root itself and parts that wrap it in a folder
-(``LLaSO-Instruct-audio/vctk/...``) both resolve. A path that names no member, or one held
+confined) names the first member found among ``p``, ``F1/p``, ``F1/F2/p``, ...,
+``F1/.../Fk/p``, where ``F1/.../Fk/`` is the archive set's shared root: the longest run of
+leading folders common to every member name of every part (none when the members share
+none). So parts built from the audio root itself and parts that wrap it in folders
+(``LLaSO-Instruct-audio/vctk/...``) both resolve, also when every clip of the set lies
+under one corpus folder (shared root ``LLaSO-Instruct-audio/vctk/``). A path that names no member, or one held
 by several parts, raises :class:`~llaso_data.ingest.paths.AudioPathError` (reasons
 ``audio_missing``, ``audio_ambiguous``) naming the path and the parts.
 """
@@ -207,7 +208,8 @@ class ArchiveSource:
     def member(self, relative: str) -> MemberRef:
         """The member holding the clip at normalised voice path ``relative``; raises
         :class:`AudioPathError` (``audio_missing`` or ``audio_ambiguous``)."""
-        candidates = [relative] if not self.index.root else [relative, self.index.root + relative]
+        folders = self.index.root.split("/")[:-1]
+        candidates = [relative, *("/".join(folders[:k]) + "/" + relative for k in range(1, len(folders) + 1))]
         for name in candidates:
             found = self.index.find(name)
             if len(found) == 1:
