@@ -159,6 +159,11 @@ def run_conversion(options, address: str | None, num_cpus: int | None = None) ->
           f"({report.shards_reused} reused), rejected {report.rejected:,} in {report.seconds:.1f} s")
     for reason, count in report.rejected_by_reason.items():
         print(f"  rejected {reason:<26} {count:>9,}")
+    if report.archives:
+        tables = report.archives
+        print(f"audio archives: {tables['parts']:,} parts ({tables['parts_read']:,} central directories read, "
+              f"{tables['parts_cached']:,} cached), {tables['members']:,} members, "
+              f"{tables['unsafe']:,} absolute or '..' names left out")
     if not report.identity_holds:
         print(f"llaso-shard convert: accounting failed: read {report.read} != written {report.written} "
               f"+ rejected {report.rejected}", file=sys.stderr)

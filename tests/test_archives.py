@@ -128,6 +128,44 @@ def test_zip64_part_with_more_than_65535_members(corpus):
                 assert read_member(file, part, name, row) == reference.read(name)
 
 
+def _with_zip64_entries(source: Path, target: Path) -> None:
+    """Rewrite ``source``'s central directory as a part over 4 GiB has it: every size and
+    offset 0xFFFFFFFF in the entry, the values in a zip64 extra field (0x0001)."""
+    data = source.read_bytes()
+    end = data.rfind(b"PK\x05\x06")
+    entries, cd_size, cd_offset = struct.unpack_from("<HLL", data, end + 10)
+    entry = struct.Struct("<4s4B4HL2L5H2L")
+    position, rewritten = cd_offset, []
+    for _ in range(entries):
+        fields = list(entry.unpack_from(data, position))
+        name_len, extra_len, comment_len = fields[12:15]
+        tail = data[position + 46:position + 46 + name_len + extra_len + comment_len]
+        usize, csize, offset = fields[11], fields[10], fields[18]
+        zip64 = struct.pack("<2H3Q", 1, 24, usize, csize, offset)
+        fields[10] = fields[11] = fields[18] = 0xFFFFFFFF
+        fields[13] = extra_len + len(zip64)
+        rewritten.append(entry.pack(*fields) + tail[:name_len] + zip64 + tail[name_len:])
+        position += 46 + name_len + extra_len + comment_len
+    directory = b"".join(rewritten)
+    record = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, entries, entries, len(directory), cd_offset, 0)
+    target.write_bytes(data[:cd_offset] + directory + record)
+
+
+def test_zip64_entry_fields(faulty, tmp_path):
+    """Sizes and offsets carried in zip64 extra fields (parts over 4 GiB) parse and read
+    as zipfile reads them."""
+    _, parts = faulty
+    _with_zip64_entries(parts / "p2.zip", tmp_path / "big.zip")
+    directory = read_central_directory(str(tmp_path / "big.zip"))
+    with zipfile.ZipFile(tmp_path / "big.zip") as reference, open(tmp_path / "big.zip", "rb") as file:
+        infos = reference.infolist()
+        assert directory.names == [i.filename for i in infos]
+        assert directory.rows["offset"].tolist() == [i.header_offset for i in infos]
+        assert directory.rows["compressed"].tolist() == [i.compress_size for i in infos]
+        for name, row in zip(directory.names, directory.rows):
+            assert read_member(file, "big.zip", name, row) == reference.read(name)
+
+
 def test_parts_written_by_the_zip_program(corpus, ray_session, tmp_path):
     """Parts made by Info-ZIP ``zip``: one deflated, one stored (``-0``), audio at the root."""
     if shutil.which("zip") is None:
@@ -251,10 +289,14 @@ def test_bad_parts_stop_the_conversion_naming_the_part(faulty, ray_session, tmp_
         read_member(file, "cut.zip", member.names[-1], member.rows[-1])
 
 
-def test_the_other_form_points_to_audio_archives(faulty, tmp_path):
+def test_the_other_form_points_to_audio_archives(faulty, ray_session, tmp_path):
     """A loose-file audio root that holds zip parts is refused with a pointer to
     --audio-archives; scan checks clips against parts."""
     root, parts = faulty
+    with pytest.raises(ConversionError, match="--audio-archives"):
+        convert(ConvertOptions(root, tmp_path / "out", audio_root=parts))
+    with pytest.raises(ValueError, match="not both"):
+        ConvertOptions(root, tmp_path / "out", audio_root=parts, audio_archives=(str(parts / "*.zip"),))
     result = subprocess.run([*LLASO_SHARD, "scan", str(root), "--audio-root", str(parts)],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and "--audio-archives" in result.stderr and "p1.zip" in result.stderr

@@ -12,8 +12,10 @@ The pipeline (the driver holds counts and shard names only, never the records):
    seed and count); one sort by shard, with boundaries computed from the counts rather
    than sampled, moves the sample metadata (never audio) so that each write task gets
    whole shards (one shard per task up to 256 shards);
-4. write: the task writing a shard reads its audio itself, writes the tar atomically and
-   records its rows in ``OUT/.state/<shard>.json``;
+4. write: the task writing a shard reads its audio itself (loose files, or members of
+   zip parts through the member index that ``archive_table`` builds in Ray tasks before
+   step 1 and caches in ``OUT/.archives``), writes the tar atomically and records its rows
+   in ``OUT/.state/<shard>.json``;
 5. finish: manifest, index and rejects are assembled from the state files in sorted order,
    and the accounting identity ``read = written + rejected`` is checked.
 
