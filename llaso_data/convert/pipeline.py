@@ -123,7 +123,7 @@ class ConvertReport:
     rejected_by_reason: dict = field(default_factory=dict)
     unknown_stems: list = field(default_factory=list)
     seconds: float = 0.0
-    stage_seconds: dict = field(default_factory=dict)  # read, count, write (incl. shuffle), finish
+    stage_seconds: dict = field(default_factory=dict)  # [archives,] read, count, write (incl. shuffle), finish
     archives: dict = field(default_factory=dict)  # zip parts: see archive_table.TableReport
 
     @property
@@ -171,11 +171,13 @@ def convert(options: ConvertOptions, on_progress: Callable[[Progress], None] | N
     # (materialise, or the sort before the writes), so there is nothing to guard.
     context.op_resource_reservation_enabled = False
 
+    stages = _StageClock(report.stage_seconds, started)
     audio = _audio_source(options, out, report)
+    if options.audio_archives:
+        stages.end("archives")
     rows = ray.data.from_items([{"path": str(p)} for p in files], override_num_blocks=max(len(files), 1))
     rows = rows.map_batches(_read_files, fn_kwargs={"root": str(root)}, batch_size=1).materialize()
-    stages = _StageClock(report.stage_seconds, started)
-    stages.end("read")  # includes the archive member table, timed apart in report.archives
+    stages.end("read")
 
     counts: dict[tuple[str, str, str], int] = {}
     annotation_rejects: list[dict] = []
@@ -290,12 +292,11 @@ def _audio_source(options: ConvertOptions, out: Path, report: ConvertReport) -> 
         if not options.audio_archives:
             refuse_archive_root(options.resolved_audio_root)
             return AudioRoot(options.resolved_audio_root)
-        started = time.perf_counter()
         archives = ArchiveSet.from_patterns(options.audio_archives)
         index, table = build_member_index(archives, out / CACHE_DIR)
     except ValueError as error:
         raise ConversionError(str(error)) from None
-    report.archives = {**asdict(table), "parts": len(archives.parts), "seconds": round(time.perf_counter() - started, 3)}
+    report.archives = {**asdict(table), "parts": len(archives.parts)}
     return ArchiveSource(index)
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from llaso_data.ingest.paths import AudioPathError, AudioRoot
-from llaso_data.ingest.zipparts import MEMBER_DTYPE, CentralDirectory, member_key, read_central_directory
+from llaso_data.ingest.zipparts import MEMBER_DTYPE, member_key, read_central_directory
 
 _INDEX_FILES = ("keys.npy", "rows.npy", "parts.npy")
 
@@ -147,9 +147,12 @@ class MemberIndex:
     def build(cls, archives: ArchiveSet) -> "MemberIndex":
         """Read every part's central directory in this process (``scan``; ``convert``
         builds in parallel Ray tasks and caches, see ``llaso_data.convert.archive_table``)."""
-        directories: list[CentralDirectory] = [read_central_directory(p.path) for p in archives.parts]
-        return cls.assemble(tuple(p.path for p in archives.parts), [d.rows for d in directories],
-                            [shared_root(d.names) if d.names else None for d in directories])
+        rows, roots = [], []
+        for part in archives.parts:  # names are dropped part by part: only the rows stay
+            directory = read_central_directory(part.path)
+            rows.append(directory.rows)
+            roots.append(shared_root(directory.names) if directory.names else None)
+        return cls.assemble(tuple(p.path for p in archives.parts), rows, roots)
 
     def save(self, folder: Path) -> None:
         """Write the index as ``.npy`` files plus ``meta.json`` into ``folder`` (created)."""
