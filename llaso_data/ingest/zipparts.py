@@ -55,6 +55,7 @@ _LOCAL = struct.Struct("<4s2B4HL2L2H")       # local file header, 30 bytes
 _EOCD_SIG, _LOCATOR_SIG, _ZIP64_SIG = b"PK\x05\x06", b"PK\x06\x07", b"PK\x06\x06"
 _ENTRY_SIG, _LOCAL_SIG = b"PK\x01\x02", b"PK\x03\x04"
 _MAX_COMMENT = 0xFFFF
+_EXTRA_GUESS = 64  # bytes of local extra field read with the header (zip64 + timestamps fit)
 
 
 class ArchiveError(ValueError):
@@ -255,12 +256,18 @@ def read_member(file: BinaryIO, part: str, name: str, row: np.void | tuple) -> b
         raise MemberError("archive_member_unreadable", part, name,
                           f"compression method {method} is not supported (only stored and deflated)")
     file.seek(offset)
-    header = file.read(_LOCAL.size)
-    if len(header) != _LOCAL.size or header[:4] != _LOCAL_SIG:
+    # One read for the header, its name and (usually) its extra field; the data follows.
+    header = file.read(_LOCAL.size + len(name.encode("utf-8")) + _EXTRA_GUESS)
+    if len(header) < _LOCAL.size or header[:4] != _LOCAL_SIG:
         raise MemberError("archive_member_unreadable", part, name, f"no local file header at byte {offset}")
     name_len, extra_len = struct.unpack_from("<2H", header, 26)
-    local_name = file.read(name_len)
-    local_extra = file.read(extra_len)
+    data_start = _LOCAL.size + name_len + extra_len
+    if len(header) < data_start:
+        header += file.read(data_start - len(header))
+    else:
+        file.seek(offset + data_start)
+    local_name = header[_LOCAL.size:_LOCAL.size + name_len]
+    local_extra = header[_LOCAL.size + name_len:data_start]
     if safe_member_name(_decode_name(local_name, flags, local_extra)) != name:
         raise MemberError("archive_member_unreadable", part, name,
                           f"the local header at byte {offset} names {local_name!r}, not this member")
