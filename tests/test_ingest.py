@@ -254,7 +254,7 @@ def test_llasm_multi_turn_conversations(tmp_path):
     assert [t.clips for t in sample.turns[::2]] == [((0, 0),), ((0, 1),), ((4, 2),)]
     assert sample.label == "北京是中国的首都。"
     assert sample.provenance == {"id": "zh-0", "transcripts": transcripts}
-    report = scan(path.parent, audio_root=FIXTURES_LLASM.parent)
+    report = scan(path.parent, audio=AudioRoot(FIXTURES_LLASM.parent))
     assert report.valid == 1 and not report.rejected
 
 
