@@ -43,6 +43,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from llaso_data.ingest.corpus import UnknownStemWarning, annotation_files, corpus_root, iter_file
+from llaso_data.ingest.readers import SingleObjectWarning, holds_single_object
 from llaso_data.manifest import (INDEX_FILE, INDEX_SCHEMA, MANIFEST_FILE, MANIFEST_SCHEMA, REJECTS_FILE,
                        REJECTS_SCHEMA, REPORT_FILE, StreamingTableWriter, write_table)
 from llaso_data.records import Sample
@@ -128,6 +129,7 @@ class ConvertReport:
     audio_seconds: float = 0.0
     rejected_by_reason: dict = field(default_factory=dict)
     unknown_stems: list = field(default_factory=list)
+    single_objects: list = field(default_factory=list)  # .json files holding one object: one record each
     seconds: float = 0.0
     stage_seconds: dict = field(default_factory=dict)  # read, count, write (incl. shuffle), finish
 
@@ -224,6 +226,8 @@ def _convert(options: ConvertOptions, out: Path, started: float,
     before = json.loads(sources_path.read_text("utf-8")) if sources_path.exists() else None
     contexts = [FileContext.for_path(root, p) for p in files]
     report = ConvertReport(unknown_stems=[c.source for c in contexts if not c.stem.known],
+                           single_objects=[c.source for c, p in zip(contexts, files)
+                                           if p.suffix.lower() == ".json" and holds_single_object(p)],
                            sources_changed=[] if before is None else changed_sources(before, sources))
 
     context = ray.data.DataContext.get_current()
@@ -415,10 +419,11 @@ def _read_files(batch: dict[str, np.ndarray], root: str) -> Iterator[dict[str, l
 
     Columns: ``kind`` (``sample`` | ``reject``), ``split``, ``modality``, ``task``, ``key``
     (empty for a rejection) and ``payload`` (the sample or rejection as JSON). Unknown-stem
-    warnings are the driver's to report; they are silenced here.
+    and single-object warnings are the driver's to report; they are silenced here.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnknownStemWarning)
+        warnings.simplefilter("ignore", SingleObjectWarning)
         for path in batch["path"]:
             rows = _empty_rows()
             try:
