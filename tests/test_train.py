@@ -25,7 +25,7 @@ from llaso_data.stream.chat import IGNORE_INDEX
 from llaso_synth.checkpoints import write_checkpoints
 from llaso_synth.corpus import write_corpus
 from llaso_train.model import PROJECTOR_FILE, load_exported
-from llaso_train.recipe import RUN_STATE_FILE, check_resumable
+from llaso_train.recipe import RUN_STATE_FILE, check_resumable, keep_rows_through
 
 from conftest import convert_in_process
 
@@ -118,6 +118,27 @@ def _by_step(out: Path) -> dict[int, tuple]:
     return steps
 
 
+def _logged_after(out: Path, step: int) -> bool:
+    """Whether rank 0's metrics already hold a step after ``step`` (complete lines only)."""
+    try:
+        text = (out / "metrics.jsonl").read_text()
+    except FileNotFoundError:
+        return False
+    return any(json.loads(line)["step"] > step for line in text.splitlines(keepends=True) if line.endswith("\n"))
+
+
+def test_a_restarted_run_cuts_its_logs_to_the_step_it_starts_from(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    rows = [json.dumps({"step": s, "loss": s / 10}) + "\n" for s in (1, 2, 3, 4)]
+    log.write_text("".join(rows) + '{"step": 5, "lo')  # killed mid-write
+    keep_rows_through(log, 2)
+    assert log.read_text() == "".join(rows[:2])
+    keep_rows_through(log, 0)                            # restarted before its first checkpoint
+    assert log.read_text() == ""
+    keep_rows_through(tmp_path / "absent.jsonl", 3)
+    assert not (tmp_path / "absent.jsonl").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
 def test_real_layout_instruct_resumes_exports_and_generates(aligned, shards, checkpoints, tmp_path):
     """bf16 instruct from the align projector with gradient checkpointing (as the Base preset),
     killed after a checkpoint and resumed: the same keys and losses as an uninterrupted run;
@@ -133,9 +154,10 @@ def test_real_layout_instruct_resumes_exports_and_generates(aligned, shards, che
                      start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = killed / "checkpoints" / "latest"
     deadline = time.monotonic() + 400
-    while not (latest.exists() and latest.read_text().strip() in ("step2", "step4")):
+    while not (latest.exists() and latest.read_text().strip() in ("step2", "step4")
+               and _logged_after(killed, int(latest.read_text().strip().removeprefix("step")))):
         assert process.poll() is None and time.monotonic() < deadline, "run ended before it could be killed"
-        time.sleep(0.2)
+        time.sleep(0.1)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (killed / "export").exists()
@@ -146,6 +168,17 @@ def test_real_layout_instruct_resumes_exports_and_generates(aligned, shards, che
     resumed = _train("llaso_base_instruct.yaml", killed, shards, *settings)
     assert "resumed at step" in resumed.stdout
 
+    # the steps logged after the checkpoint and trained again are logged once, as uninterrupted
+    for rank in (0, 1):
+        rows = [json.loads(line) for line in (killed / f"keys-rank{rank}.jsonl").read_text().splitlines()]
+        reference_rows = [json.loads(line) for line in (reference / f"keys-rank{rank}.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [r["step"] for r in reference_rows] == list(range(1, 7))
+        assert [r["keys"] for r in rows] == [r["keys"] for r in reference_rows], f"rank {rank} keys differ"
+        assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in reference_rows], rel=1e-5, abs=1e-6)
+    rows, reference_rows = _metrics(killed), _metrics(reference)
+    assert [r["step"] for r in rows] == [r["step"] for r in reference_rows] == list(range(1, 7))
+    assert [r["samples"] for r in rows] == [r["samples"] for r in reference_rows]
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in reference_rows], rel=1e-5, abs=1e-6)
     expected, got = _by_step(reference), _by_step(killed)
     assert sorted(got) == sorted(expected) == list(range(1, 7))
     for step in expected:
