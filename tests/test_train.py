@@ -230,25 +230,28 @@ def test_loss_weighs_every_supervised_token_the_same(checkpoints):
     assert step != pytest.approx(float(means[0] + means[1]) / 2, rel=1e-3)
 
 
-def test_a_stopped_rank_makes_the_other_exit_within_the_timeout(tmp_path):
-    """Rank 1 stops itself; rank 0 gives up after 5 s naming rank 1 and exits non-zero;
-    killing the launcher then leaves no rank process behind (the stopped one included)."""
+def test_a_stopped_rank_is_named_by_the_others_within_the_timeout(tmp_path):
+    """Of 3 ranks, rank 1 stops itself; ranks 0 and 2 give up after 5 s, each naming rank 1
+    (the one that never checked in), and exit non-zero; killing the launcher then leaves
+    no rank process behind (the stopped one included)."""
     script = Path(__file__).parent / "scripts" / "stopped_rank.py"
-    launcher = subprocess.Popen([*TORCHRUN, str(script), "5"],
+    launcher = subprocess.Popen([*TORCHRUN[:-1], "3", str(script), "5", "1"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, "DS_ACCELERATOR": "cpu"})
     lines, deadline = [], time.monotonic() + 240
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and sum("gave up waiting" in line for line in lines) < 2:
         line = launcher.stdout.readline()
         lines.append(line)
-        if "gave up waiting" in line or not line:
+        if not line:
             break
     children = [int(p) for p in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
                                                text=True).stdout.split()]
     launcher.kill()
     launcher.wait()
     output = "".join(lines)
-    assert "stopped_rank: rank 0 of 2: gave up waiting for rank 1" in output, output[-3000:]
+    for rank in (0, 2):
+        assert f"stopped_rank: rank {rank} of 3: gave up waiting for rank 1 in a collective (timeout 5 s)" in output, \
+            output[-3000:]
     time.sleep(1)
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower() \
