@@ -670,6 +670,7 @@ def _stratum_shuffle(stratum: np.ndarray, block: int, seed: int, epoch: int, ran
     permutation decides which stratum each position serves; each stratum's slots keep their
     order (so a shard is still read in ascending offsets)."""
     emission = np.empty(len(stratum), np.int64)
+    stratum = _narrow(stratum)
     for number, begin in enumerate(range(0, len(stratum), block)):
         end = min(begin + block, len(stratum))
         pattern = stratum[begin:end][seeded_rng(seed, epoch, rank, "block", number).permutation(end - begin)]
