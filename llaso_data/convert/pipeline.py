@@ -43,7 +43,6 @@ from typing import Callable, Iterator
 import numpy as np
 
 from llaso_data.ingest.corpus import UnknownStemWarning, annotation_files, corpus_root, iter_file
-from llaso_data.ingest.readers import SingleObjectWarning, holds_single_object
 from llaso_data.manifest import (INDEX_FILE, INDEX_SCHEMA, MANIFEST_FILE, MANIFEST_SCHEMA, REJECTS_FILE,
                        REJECTS_SCHEMA, REPORT_FILE, StreamingTableWriter, write_table)
 from llaso_data.records import Sample
@@ -52,6 +51,7 @@ from llaso_data.convert.resume import changed_sources, shard_input_digest, sourc
 from llaso_data.convert.shard_writer import ShardResult, shard_index, shard_name, write_shard
 from llaso_data.ingest.paths import AudioPathError, AudioRoot
 from llaso_data.ingest.validate import FileContext
+from llaso_data.ingest.readers import SingleObjectWarning, holds_single_object
 
 STATE_DIR = ".state"
 SOURCES_FILE = "sources.json"

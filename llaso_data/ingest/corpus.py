@@ -8,7 +8,7 @@ Supported layouts, all found by walking ``*.json``/``*.jsonl`` files in sorted o
 * a parent folder holding several of these (e.g. what ``llaso-shard synth`` writes).
 
 A ``.json`` file holding one object instead of an array is one record (as LLaSO's
-``data_merge.py`` reads it), with a :class:`SingleObjectWarning` naming the file.
+``data_merge.py`` reads it), with a ``readers.SingleObjectWarning`` naming the file.
 
 Files named ``synth_summary.json``, ``*.summary.json``, or inside hidden folders are not
 annotation files and are skipped.
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from llaso_data.ingest.paths import AudioPathError, AudioRoot
-from llaso_data.ingest.readers import SingleObjectWarning, iter_raw_records  # noqa: F401 (re-exported)
+from llaso_data.ingest.readers import iter_raw_records
 from llaso_data.records import Rejection, Sample
 from llaso_data.ingest.validate import FileContext, normalise_record
 
