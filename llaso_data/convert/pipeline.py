@@ -51,7 +51,6 @@ from llaso_data.convert.resume import changed_sources, shard_input_digest, sourc
 from llaso_data.convert.shard_writer import ShardResult, shard_index, shard_name, write_shard
 from llaso_data.ingest.paths import AudioPathError, AudioRoot
 from llaso_data.ingest.validate import FileContext
-from llaso_data.ingest.readers import SingleObjectWarning, holds_single_object
 
 STATE_DIR = ".state"
 SOURCES_FILE = "sources.json"
@@ -225,6 +224,8 @@ def _convert(options: ConvertOptions, out: Path, started: float,
     sources_path = out / STATE_DIR / SOURCES_FILE
     before = json.loads(sources_path.read_text("utf-8")) if sources_path.exists() else None
     contexts = [FileContext.for_path(root, p) for p in files]
+    from llaso_data.ingest.readers import holds_single_object
+
     report = ConvertReport(unknown_stems=[c.source for c in contexts if not c.stem.known],
                            single_objects=[c.source for c, p in zip(contexts, files)
                                            if p.suffix.lower() == ".json" and holds_single_object(p)],
@@ -421,6 +422,8 @@ def _read_files(batch: dict[str, np.ndarray], root: str) -> Iterator[dict[str, l
     (empty for a rejection) and ``payload`` (the sample or rejection as JSON). Unknown-stem
     and single-object warnings are the driver's to report; they are silenced here.
     """
+    from llaso_data.ingest.readers import SingleObjectWarning
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnknownStemWarning)
         warnings.simplefilter("ignore", SingleObjectWarning)
