@@ -9,10 +9,12 @@ import warnings
 from pathlib import Path
 
 from llaso_data.ingest.corpus import ScanReport, UnknownStemWarning, scan
+from llaso_data.ingest.readers import SingleObjectWarning
 
 
 def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("always", UnknownStemWarning)
+    warnings.simplefilter("always", SingleObjectWarning)
     warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -203,6 +205,8 @@ def run_conversion(options, address: str | None, num_cpus: int | None = None) ->
         print(file=sys.stderr)
     for stem in report.unknown_stems:
         print(f"warning: {stem}: stem matches no known task; kept with the stem as task", file=sys.stderr)
+    for source in report.single_objects:
+        print(f"warning: {source}: holds one JSON object, not an array; read as one record", file=sys.stderr)
     print(f"read {report.read:,} records: wrote {report.written:,} samples "
           f"({report.audio_seconds / 3600:.2f} h of audio) in {report.shards} shards "
           f"({report.shards_reused} reused), rejected {report.rejected:,} in {report.seconds:.1f} s")

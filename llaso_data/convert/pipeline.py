@@ -138,6 +138,7 @@ class ConvertReport:
     audio_seconds: float = 0.0
     rejected_by_reason: dict = field(default_factory=dict)
     unknown_stems: list = field(default_factory=list)
+    single_objects: list = field(default_factory=list)  # .json files holding one object: one record each
     seconds: float = 0.0
     stage_seconds: dict = field(default_factory=dict)  # [archives,] read, count, write (incl. shuffle), finish
     archives: dict = field(default_factory=dict)  # zip parts: see archive_table.TableReport
@@ -234,7 +235,11 @@ def _convert(options: ConvertOptions, out: Path, started: float,
     sources_path = out / STATE_DIR / SOURCES_FILE
     before = json.loads(sources_path.read_text("utf-8")) if sources_path.exists() else None
     contexts = [FileContext.for_path(root, p) for p in files]
+    from llaso_data.ingest.readers import holds_single_object
+
     report = ConvertReport(unknown_stems=[c.source for c in contexts if not c.stem.known],
+                           single_objects=[c.source for c, p in zip(contexts, files)
+                                           if p.suffix.lower() == ".json" and holds_single_object(p)],
                            sources_changed=[] if before is None else changed_sources(before, sources))
 
     context = ray.data.DataContext.get_current()
@@ -445,10 +450,13 @@ def _read_files(batch: dict[str, np.ndarray], root: str) -> Iterator[dict[str, l
 
     Columns: ``kind`` (``sample`` | ``reject``), ``split``, ``modality``, ``task``, ``key``
     (empty for a rejection) and ``payload`` (the sample or rejection as JSON). Unknown-stem
-    warnings are the driver's to report; they are silenced here.
+    and single-object warnings are the driver's to report; they are silenced here.
     """
+    from llaso_data.ingest.readers import SingleObjectWarning
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnknownStemWarning)
+        warnings.simplefilter("ignore", SingleObjectWarning)
         for path in batch["path"]:
             rows = _empty_rows()
             try:

@@ -7,6 +7,9 @@ Supported layouts, all found by walking ``*.json``/``*.jsonl`` files in sorted o
 * LLaSM-style: any folder of multi-turn ``conversations`` files (JSON or JSONL);
 * a parent folder holding several of these (e.g. what ``llaso-shard synth`` writes).
 
+A ``.json`` file holding one object instead of an array is one record (as LLaSO's
+``data_merge.py`` reads it), with a ``readers.SingleObjectWarning`` naming the file.
+
 Files named ``synth_summary.json``, ``*.summary.json``, or inside hidden folders are not
 annotation files and are skipped.
 """

@@ -21,7 +21,8 @@ class ShardReader:
     """Keeps the shards one worker uses open: ``read(path, offset)`` returns
     ``(sample, [clip bytes, ...])``; ``release(path)`` closes a shard the worker is done
     with. At most ``max_open`` stay open (beyond it the least recently used is closed, and
-    reopened if read again). Errors name the shard by its path."""
+    reopened if read again). Paths may be ``str`` or ``Path``; both name the same open
+    shard. Errors name the shard by its path."""
 
     def __init__(self, max_open: int = 64):
         if max_open < 1:
@@ -46,12 +47,13 @@ class ShardReader:
     def open_count(self) -> int:
         return len(self._open)
 
-    def release(self, path: Path) -> None:
-        tar = self._open.pop(path, None)
+    def release(self, path: str | Path) -> None:
+        tar = self._open.pop(Path(path), None)
         if tar is not None:
             tar.close()
 
-    def read(self, path: Path, offset: int) -> tuple[Sample, list[bytes]]:
+    def read(self, path: str | Path, offset: int) -> tuple[Sample, list[bytes]]:
+        path = Path(path)
         tar = self._tar(path)
         shard = str(path)
         member = self._member_at(tar, shard, offset)
