@@ -1,4 +1,5 @@
-"""Conversion throughput: the Ray pipeline against a one-process ShardWriter and ``tar``.
+"""Conversion throughput: the Ray pipeline against a one-process ShardWriter and ``tar``,
+and from zip parts against the same files unpacked.
 
 Writes ONE corpus in the LLaSO-Eval layout (``text_audio/<stem>_test.json``, four task
 files, record shapes copied from ``tests/fixtures/llaso_eval_sample/text_audio``) with N
@@ -28,7 +29,20 @@ run of each counts):
   Each Ray figure also gives the conversion's own stage times (``stage_seconds``: read,
   count, write including the shuffle, finish).
 
-Page cache: before EVERY timed run all audio files are read once (``cat FILES >
+* ``ray_zip_passthrough``: the same passthrough conversion with the audio read in place
+  from zip parts (``audio_archives``; ``--files-per-part`` clips per part, stored, built
+  with ``zipfile`` under a wrapping folder, so the shared-root rule is exercised; the
+  annotation files are copied to a folder of their own). Each run converts into a fresh
+  OUT, so its time includes building the member table (Ray tasks, one per part). Goal:
+  ``zip_passthrough_over_loose_passthrough`` >= 0.9 (samples/s).
+
+Member-table build rate (once, outside the rounds): a part of ``--table-members``
+(default 100,000) empty stored members is written with ``zipfile``; then, best of
+``--repeats``, ``read_central_directory`` on it (seconds per central directory, members
+per CPU-second) against ``zipfile.ZipFile(part).infolist()`` in the same run, and
+``write_part_table`` (what a Ray task does per part: parse + Parquet).
+
+Page cache: before EVERY timed run all audio files (and zip parts) are read once (``cat FILES >
 /dev/null``), so every method starts with the audio in a warm cache, and ``sync`` flushes
 what earlier runs wrote; output goes to the same disk (a fresh folder per run, deleted
 afterwards).
@@ -76,7 +90,8 @@ TASK_FILES = ("ASR_test.json", "meld_ER_classification_test.json",
               "common-voice_gender_classification_test.json", "vctk_accent_classification_test.json")
 SAMPLES_PER_SHARD = 1000
 GOALS = {"passthrough_over_single_process": 1.5, "passthrough_over_tar": 0.5,
-         "flac16k_audio_seconds_per_s_per_core": 2000}
+         "flac16k_audio_seconds_per_s_per_core": 2000, "zip_passthrough_over_loose_passthrough": 0.9}
+ZIP_ROOT = "LLaSO-audio/"
 
 
 # --------------------------------------------------------------------------------------
@@ -150,6 +165,59 @@ def write_corpus(root: Path, samples: int, seed: int = 0) -> dict:
     return {"files": files, "bytes": size, "seconds": seconds_total}
 
 
+def write_parts(root: Path, files: list[str], parts: Path, per_part: int) -> list[str]:
+    """Pack the audio files into stored zip parts of ``per_part`` clips under ZIP_ROOT."""
+    import zipfile
+
+    parts.mkdir(parents=True)
+    written = []
+    for number, first in enumerate(range(0, len(files), per_part)):
+        path = parts / f"bench-audio.part{number:04d}.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as part:
+            for relative in files[first:first + per_part]:
+                part.write(root / relative, ZIP_ROOT + relative)
+        written.append(str(path))
+    return written
+
+
+def annotations_only(root: Path, target: Path) -> Path:
+    for path in (root / "text_audio").glob("*.json"):
+        (target / "text_audio").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target / "text_audio" / path.name)
+    return target
+
+
+def member_table_rate(scratch: Path, members: int, repeats: int) -> dict:
+    """Seconds per central directory of a part with ``members`` empty stored members:
+    ours (parse; parse + Parquet) against zipfile's ``infolist`` in the same run."""
+    import zipfile
+
+    from llaso_data.convert.archive_table import write_part_table
+    from llaso_data.ingest.zipparts import read_central_directory
+
+    part = scratch / "table-bench.zip"
+    with zipfile.ZipFile(part, "w", zipfile.ZIP_STORED) as archive:
+        for i in range(members):
+            archive.writestr(f"{ZIP_ROOT}speaker_{i % 997:03d}/clip_{i:07d}_EN-US_1.0_1.wav", b"")
+    timings: dict[str, list[tuple[float, float]]] = {"ours": [], "ours_with_parquet": [], "zipfile_infolist": []}
+    for _ in range(repeats):
+        for name, run in (("ours", lambda: read_central_directory(str(part))),
+                          ("ours_with_parquet", lambda: write_part_table(str(part), str(scratch / "t.parquet"))),
+                          ("zipfile_infolist", lambda: zipfile.ZipFile(part).infolist())):
+            cpu, start = time.process_time(), time.perf_counter()
+            run()
+            timings[name].append((time.perf_counter() - start, time.process_time() - cpu))
+    result = {"members": members, "part_mb": round(part.stat().st_size / 2**20, 1)}
+    for name, runs in timings.items():
+        seconds, cpu = min(runs)
+        result[name] = {"seconds_per_central_directory": round(seconds, 3),
+                        "members_per_cpu_second": round(members / max(cpu, 1e-9))}
+    result["zipfile_over_ours_seconds"] = round(result["zipfile_infolist"]["seconds_per_central_directory"]
+                                                / result["ours"]["seconds_per_central_directory"], 2)
+    part.unlink()
+    return result
+
+
 def warm_cache(root: Path, files: list[str]) -> None:
     """Read every audio file once (``cat > /dev/null``) so the page cache is warm."""
     subprocess.run(["xargs", "-0", "cat"], input="\0".join(str(root / f) for f in files).encode(),
@@ -221,20 +289,21 @@ def run_single_process(root: Path, scratch: Path) -> dict:
     return {"seconds": seconds, "cpu_seconds": cpu, "written": written, "out_bytes": size}
 
 
-def run_ray(root: Path, scratch: Path, mode: str) -> dict:
+def run_ray(root: Path, scratch: Path, mode: str, archives: tuple[str, ...] = ()) -> dict:
     from llaso_data.convert.pipeline import ConvertOptions, convert
 
     out = scratch / f"ray-{mode}"
     cpu, start = cpu_seconds(), time.perf_counter()
     report = convert(ConvertOptions(root, out, audio_root=None, audio_mode=mode,
-                                    samples_per_shard=SAMPLES_PER_SHARD, seed=0))
+                                    samples_per_shard=SAMPLES_PER_SHARD, seed=0, audio_archives=archives))
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     size = sum(p.stat().st_size for p in out.rglob("*.tar"))
     shutil.rmtree(out)
     if not report.identity_holds or report.rejected:
         raise RuntimeError(f"conversion report looks wrong: {report.to_dict()}")
     return {"seconds": seconds, "cpu_seconds": cpu, "written": report.written, "shards": report.shards,
-            "audio_seconds": report.audio_seconds, "out_bytes": size, "stage_seconds": report.stage_seconds}
+            "audio_seconds": report.audio_seconds, "out_bytes": size, "stage_seconds": report.stage_seconds,
+            "archives": report.archives}
 
 
 def best(runs: list[dict]) -> dict:
@@ -248,13 +317,14 @@ def profile_write_shard(root: Path, scratch: Path, mode: str, limit: int, top: i
     from llaso_data.ingest.corpus import iter_corpus
     from llaso_data.records import Sample
     from llaso_data.convert.shard_writer import write_shard
+    from llaso_data.ingest.paths import AudioRoot
 
     samples = [s for s in iter_corpus(root) if isinstance(s, Sample)][:limit]
     warm_cache(root, [a for s in samples for a in s.audio])
     profiler = cProfile.Profile()
     start = time.perf_counter()
     profiler.enable()
-    write_shard(scratch / "profile", "p.tar", samples, root, mode, 0)
+    write_shard(scratch / "profile", "p.tar", samples, AudioRoot(root), mode, 0)
     profiler.disable()
     seconds = time.perf_counter() - start
     shutil.rmtree(scratch / "profile")
@@ -279,6 +349,9 @@ def main() -> None:
                         help="also cProfile write_shard in this mode (to stderr); repeatable")
     parser.add_argument("--profile-samples", type=int, default=500)
     parser.add_argument("--skip-ray", action="store_true", help="only the baselines (and --profile)")
+    parser.add_argument("--files-per-part", type=int, default=1000, help="clips per zip part")
+    parser.add_argument("--table-members", type=int, default=100_000,
+                        help="members of the part timed for the member-table build rate (0: skip)")
     args = parser.parse_args()
 
     load_start = round(os.getloadavg()[0], 2)  # other work on the machine skews every figure
@@ -291,6 +364,10 @@ def main() -> None:
         generate_seconds = time.perf_counter() - start
         files = corpus["files"]
         mb = corpus["bytes"] / 2**20
+
+        parts = write_parts(root, files, tmp / "parts", args.files_per_part)
+        annotations = annotations_only(root, tmp / "annotations")
+        table_rate = member_table_rate(scratch, args.table_members, args.repeats) if args.table_members else None
 
         for mode in args.profile:
             profile_write_shard(root, scratch, mode, args.profile_samples)
@@ -315,11 +392,12 @@ def main() -> None:
             warm_tiny = run_ray(warm_root, scratch, "passthrough")["seconds"]
             methods["passthrough"] = (run_ray, root, scratch, "passthrough")
             methods["flac16k"] = (run_ray, root, scratch, "flac16k")
+            methods["zip_passthrough"] = (run_ray, annotations, scratch, "passthrough", tuple(parts))
         runs: dict[str, list[dict]] = {name: [] for name in methods}
         try:
             for _ in range(args.repeats):  # round robin: every method sees the machine in the same state
                 for name, (method, *extra) in methods.items():
-                    warm_cache(root, files)
+                    warm_cache(root, files + parts)
                     os.sync()  # no write-back of an earlier run's output during this one
                     runs[name].append(method(*extra))
         finally:
@@ -328,6 +406,7 @@ def main() -> None:
         tar, single = best(runs["tar"]), best(runs["single"])
         passthrough = best(runs["passthrough"]) if "passthrough" in runs else None
         flac = best(runs["flac16k"]) if "flac16k" in runs else None
+        zipped = best(runs["zip_passthrough"]) if "zip_passthrough" in runs else None
 
     n, audio_s = args.samples, corpus["seconds"]
     figures: dict = {
@@ -369,7 +448,15 @@ def main() -> None:
             "shards": flac["shards"], "out_mb": round(flac["out_bytes"] / 2**20, 1),
             "stage_seconds": flac["stage_seconds"], "cpu_seconds": round(flac["cpu_seconds"], 2),
             "audio_seconds_per_cpu_second": round(flac["audio_seconds"] / flac["cpu_seconds"])}
+        figures["ray_zip_passthrough"] = {
+            "seconds": round(zipped["seconds"], 3), "all_seconds": zipped["all_seconds"], "parts": len(parts),
+            "samples_per_s": round(zipped["written"] / zipped["seconds"], 1),
+            "mb_per_s": round(mb / zipped["seconds"], 1), "stage_seconds": zipped["stage_seconds"],
+            "member_table": zipped["archives"], "cpu_seconds": round(zipped["cpu_seconds"], 2),
+            "samples_per_cpu_second": round(zipped["written"] / zipped["cpu_seconds"], 1)}
         ratios = {
+            "zip_passthrough_over_loose_passthrough": round(
+                figures["ray_zip_passthrough"]["samples_per_s"] / figures["ray_passthrough"]["samples_per_s"], 3),
             "passthrough_over_single_process": round(
                 figures["ray_passthrough"]["samples_per_s"] / figures["single_process_shardwriter"]["samples_per_s"], 3),
             "passthrough_over_tar": round(figures["ray_passthrough"]["mb_per_s"] / figures["tar"]["mb_per_s"], 3),
@@ -383,7 +470,12 @@ def main() -> None:
                 figures["ray_passthrough"]["samples_per_cpu_second"]
                 / figures["single_process_shardwriter"]["samples_per_cpu_second"], 3),
             "flac16k_audio_seconds": figures["ray_flac16k"]["audio_seconds_per_cpu_second"],
+            "zip_passthrough_over_loose_passthrough": round(
+                figures["ray_zip_passthrough"]["samples_per_cpu_second"]
+                / figures["ray_passthrough"]["samples_per_cpu_second"], 3),
         }
+    if table_rate:
+        figures["member_table"] = table_rate
 
     if args.json:
         print(json.dumps(figures))

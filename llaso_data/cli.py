@@ -11,10 +11,12 @@ from pathlib import Path
 from llaso_data.storage import is_url
 
 from llaso_data.ingest.corpus import ScanReport, UnknownStemWarning, scan
+from llaso_data.ingest.readers import SingleObjectWarning
 
 
 def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("always", UnknownStemWarning)
+    warnings.simplefilter("always", SingleObjectWarning)
     warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -36,6 +38,8 @@ def _build_parser() -> argparse.ArgumentParser:
     scan.add_argument("src", type=Path, help="an annotation file or a corpus folder")
     scan.add_argument("--audio-root", type=Path, default=None,
                       help="also check that every audio file exists under this folder")
+    scan.add_argument("--audio-archives", nargs="+", default=(), metavar="GLOB",
+                      help="also check that every clip is a member of these zip parts (glob patterns or paths)")
     scan.add_argument("--json", action="store_true", help="print one JSON object")
     scan.add_argument("--show-rejects", type=int, default=5, metavar="N",
                       help="print the first N rejections with file, record and reason (default 5)")
@@ -47,6 +51,9 @@ def _build_parser() -> argparse.ArgumentParser:
                          help="output folder or s3://bucket/prefix (created; a re-run resumes)")
     convert.add_argument("--audio-root", type=Path, default=None,
                          help="folder the voice paths are relative to (default: the corpus folder)")
+    convert.add_argument("--audio-archives", nargs="+", default=(), metavar="GLOB",
+                         help="read the audio in place from these zip parts (glob patterns or paths, "
+                              "e.g. 'LLaSO-Instruct/*.zip') instead of loose files")
     convert.add_argument("--address", default=None,
                          help="Ray cluster address (default: RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     convert.add_argument("--audio", choices=("passthrough", "flac16k"), default="passthrough",
@@ -122,7 +129,12 @@ def _run_scan(args: argparse.Namespace) -> int:
     if args.audio_root is not None and not args.audio_root.is_dir():
         print(f"llaso-shard scan: --audio-root {args.audio_root}: no such folder", file=sys.stderr)
         return 2
-    report = scan(args.src, audio_root=args.audio_root, max_examples=args.show_rejects)
+    try:
+        audio = _scan_audio(args.audio_root, args.audio_archives)
+    except ValueError as error:
+        print(f"llaso-shard scan: {error}", file=sys.stderr)
+        return 2
+    report = scan(args.src, audio=audio, max_examples=args.show_rejects)
     for rejection in report.examples:
         print(f"rejected: {rejection}", file=sys.stderr)
     if args.json:
@@ -137,11 +149,28 @@ def location(text: str) -> str | Path:
     return text if is_url(text) else Path(text)
 
 
+def _scan_audio(audio_root: Path | None, patterns: list[str]):
+    """What ``scan`` checks clips against: None, a loose-file root, or zip parts (their
+    central directories read in this process). Raises ValueError for bad options or parts."""
+    from llaso_data.ingest.archives import ArchiveSet, ArchiveSource, MemberIndex, refuse_archive_root
+    from llaso_data.ingest.paths import AudioRoot
+
+    if patterns and audio_root is not None:
+        raise ValueError("give --audio-root (loose files) or --audio-archives (zip parts), not both")
+    if patterns:
+        return ArchiveSource(MemberIndex.build(ArchiveSet.from_patterns(patterns)))
+    if audio_root is None:
+        return None
+    refuse_archive_root(audio_root)
+    return AudioRoot(audio_root)
+
+
 def _run_convert(args: argparse.Namespace) -> int:
     from llaso_data.convert.pipeline import ConvertOptions
 
     try:
-        options = ConvertOptions(args.src, args.out, args.audio_root, args.audio, args.samples_per_shard, args.seed)
+        options = ConvertOptions(args.src, args.out, args.audio_root, args.audio, args.samples_per_shard, args.seed,
+                                 args.audio_archives)
     except ValueError as error:
         print(f"llaso-shard convert: {error}", file=sys.stderr)
         return 2
@@ -151,6 +180,11 @@ def _run_convert(args: argparse.Namespace) -> int:
 MISSING_AUDIO_WARNING = 0.5
 """Share of records rejected as ``audio_missing`` above which conversion warns that the
 audio root is likely wrong."""
+
+
+def _audio_place(options) -> str:
+    """Where a conversion looks for audio, in words: the zip-part patterns or the folder."""
+    return " ".join(options.audio_archives) if options.audio_archives else str(options.resolved_audio_root)
 
 
 def run_conversion(options, address: str | None, num_cpus: int | None = None) -> int:
@@ -180,6 +214,8 @@ def run_conversion(options, address: str | None, num_cpus: int | None = None) ->
         print(file=sys.stderr)
     for stem in report.unknown_stems:
         print(f"warning: {stem}: stem matches no known task; kept with the stem as task", file=sys.stderr)
+    for source in report.single_objects:
+        print(f"warning: {source}: holds one JSON object, not an array; read as one record", file=sys.stderr)
     print(f"read {report.read:,} records: wrote {report.written:,} samples "
           f"({report.audio_seconds / 3600:.2f} h of audio) in {report.shards} shards "
           f"({report.shards_reused} reused), rejected {report.rejected:,} in {report.seconds:.1f} s")
@@ -188,9 +224,14 @@ def run_conversion(options, address: str | None, num_cpus: int | None = None) ->
     missing = report.rejected_by_reason.get("audio_missing", 0)
     if report.read and missing > MISSING_AUDIO_WARNING * report.read:
         print(f"warning: {missing:,} of {report.read:,} records miss their audio under "
-              f"{options.resolved_audio_root}: is --audio-root right?", file=sys.stderr)
+              f"{_audio_place(options)}: is the audio option right?", file=sys.stderr)
     if report.sources_changed:
         print(f"sources changed since the last run: {', '.join(report.sources_changed)}")
+    if report.archives:
+        tables = report.archives
+        print(f"audio archives: {tables['parts']:,} parts ({tables['parts_read']:,} central directories read, "
+              f"{tables['parts_cached']:,} cached), {tables['members']:,} members, "
+              f"{tables['unsafe']:,} absolute or '..' names left out")
     if not report.identity_holds:
         print(f"llaso-shard convert: accounting failed: read {report.read} != written {report.written} "
               f"+ rejected {report.rejected}", file=sys.stderr)

@@ -153,6 +153,9 @@ REJECT_REASONS: dict[str, str] = {
     "audio_unreadable": "an audio file exists but cannot be opened or read (permissions, I/O error)",
     "audio_invalid": "an audio file decodes to NaN or infinite samples",
     "record_error": "reading or converting the record raised an unexpected error (named in the detail)",
+    "audio_ambiguous": "a voice path names a member that several audio archive parts hold",
+    "archive_member_unreadable": "the archive member holding a clip is encrypted, uses a compression method "
+                                 "other than stored or deflated, or fails its header, size or CRC-32 check",
 }
 """Every reason a record can be rejected for, with what it means: the one catalogue that
 readers, validation, conversion and the synthetic corpus's faults draw from."""

@@ -3,7 +3,11 @@ rank processes that never outlive their launcher.
 
 A rank that waits longer than ``timeout_s`` in a collective (a peer stopped, hung or
 dead) gets an error from the backend instead of waiting forever; :func:`fail_on_timeout`
-turns it into one line naming the rank and exit status 3. Each rank asks the kernel to
+turns it into one line naming the rank, and the ranks that did not arrive, and exit
+status 3. Those are found only after the failure, at no cost per step: each rank whose
+collective failed checks in to the process group's key-value store (under ``torchrun``
+its launcher holds it) and waits up to :data:`CHECK_IN_S` for the others; the ranks
+that never check in are the ones named. Each rank asks the kernel to
 kill it when its parent (``torchrun``) dies, so killing the launcher, even with SIGKILL,
 leaves no rank behind.
 """
@@ -14,6 +18,8 @@ import ctypes
 import os
 import signal
 import sys
+import threading
+import time
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Iterator
@@ -23,6 +29,10 @@ import torch
 DEFAULT_TIMEOUT_S = 1800.0
 """Collective timeout (s): longer than any checkpoint save or first-step compile seen."""
 TIMEOUT_EXIT_STATUS = 3
+CHECK_IN_S = 10.0
+"""After a failed collective, how long (s, at most the collective timeout) a rank waits for
+the other ranks to check in before naming those that did not."""
+_CHECK_IN_KEY = "llaso/failed-collective/rank"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -58,10 +68,52 @@ def fail_on_timeout(program: str, rank: int, world: int, timeout_s: float) -> It
         if not _is_collective_failure(error):
             raise
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"{program}: rank {rank} of {world}: gave up waiting for "
-              f"{'rank ' + str(1 - rank) if world == 2 else 'another rank'} in a collective "
+        wait_s = min(CHECK_IN_S, timeout_s)
+        absent = absent_ranks(rank, world, wait_s)
+        if absent:
+            waited = f"{'rank' if len(absent) == 1 else 'ranks'} {', '.join(map(str, absent))}"
+        elif absent is None:  # the store did not answer: guess only where there is one peer
+            waited = f"rank {1 - rank}" if world == 2 else "another rank"
+        else:
+            waited = "another rank (every rank checked in after the failure)"
+        print(f"{program}: rank {rank} of {world}: gave up waiting for {waited} in a collective "
               f"(timeout {timeout_s:g} s): {first}", file=sys.stderr, flush=True)
         os._exit(TIMEOUT_EXIT_STATUS)
+
+
+def absent_ranks(rank: int, world: int, wait_s: float) -> list[int] | None:
+    """After a failed collective: check this rank in to the default process group's store
+    and wait up to ``wait_s`` seconds for every other rank to do the same. Returns the
+    ranks that did not (ascending; ``[]`` when all did), or ``None`` when the store could
+    not be used. Runs in a daemon thread joined with a deadline, so a store that does not
+    answer (held by a stopped process) costs ``wait_s + 2`` seconds at most."""
+    found: dict[str, list[int]] = {}
+
+    def check_in() -> None:
+        from torch.distributed import distributed_c10d
+
+        store = distributed_c10d._get_default_store()
+        store.set_timeout(timedelta(seconds=wait_s + 1))
+        store.set(f"{_CHECK_IN_KEY}{rank}", "alive")
+        deadline = time.monotonic() + wait_s
+        absent = [r for r in range(world) if r != rank]
+        while True:
+            absent = [r for r in absent if not store.check([f"{_CHECK_IN_KEY}{r}"])]
+            if not absent or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        found["absent"] = absent
+
+    def guarded() -> None:
+        try:
+            check_in()
+        except Exception:  # any store failure: the caller falls back to what it knows
+            pass
+
+    thread = threading.Thread(target=guarded, name="check-in", daemon=True)
+    thread.start()
+    thread.join(wait_s + 2)
+    return found.get("absent")
 
 
 def _is_collective_failure(error: BaseException) -> bool:

@@ -285,7 +285,10 @@ def _train(config: TrainConfig, rank: int, world: int) -> None:
          f"{len(loader)} batches per epoch per rank, {accumulation} per optimizer step, "
          f"{total_steps} optimizer steps, world size {world}, ZeRO-{config.zero_stage}, {dtype}")
 
-    keys_file = open(out / f"keys-rank{rank}.jsonl", "a") if config.log_keys else None
+    keys_path = out / f"keys-rank{rank}.jsonl"
+    for path in ([keys_path] if config.log_keys else []) + ([telemetry.path] if rank == 0 else []):
+        keep_rows_through(path, step)  # a restarted run logs the steps after its checkpoint again
+    keys_file = open(keys_path, "a") if config.log_keys else None
     metrics_file = open(telemetry.path, "a") if rank == 0 else None
     stream = _micro_batches(loader, config.epochs)
     try:
@@ -318,6 +321,31 @@ def _train(config: TrainConfig, rank: int, world: int) -> None:
                               dataclasses.asdict(fmt))
     _export(engine, model, tokenizer, settings, out / "export", rank)
     log0(f"done: {step} steps; model exported to {out / 'export'}")
+
+
+def keep_rows_through(path: Path, step: int) -> None:
+    """Cut the JSON-lines log ``path`` (rows with a ``step``) to its rows of steps ``<= step``,
+    the step a run starts from (0 for a fresh start): a run killed after its last checkpoint
+    logged steps it now trains again. A torn last line (the kill landed mid-write) goes too.
+    The kept rows are written to a temporary file renamed over ``path``, so a kill during
+    the cut leaves the old file or the new one. A missing file is left missing."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except FileNotFoundError:
+        return
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step and line.endswith("\n"):
+            kept.append(line)
+    if len(kept) == len(lines):
+        return
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text("".join(kept), encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def _save(engine, checkpoints: Path, step: int, loader: StreamLoader, telemetry: Telemetry, world: int,

@@ -3,12 +3,12 @@
 The same job as ``llaso-shard convert``, as a script for a Ray cluster:
 
     ray job submit --address http://HEAD:8265 --working-dir . -- \\
-        python pipelines/shard_corpus.py SRC OUT [--audio-root DIR] [--audio flac16k] \\
-        [--samples-per-shard N] [--seed N]
+        python pipelines/shard_corpus.py SRC OUT [--audio-root DIR | --audio-archives 'GLOB' ...] \\
+        [--audio flac16k] [--samples-per-shard N] [--seed N]
 
 Under ``ray job submit`` it joins the cluster through ``RAY_ADDRESS``; run directly, it
-starts a local Ray on 127.0.0.1. SRC, OUT and the audio root must be paths every node
-can read (a shared file system).
+starts a local Ray on 127.0.0.1. SRC, OUT and the audio root (or the zip parts) must be
+paths every node can read (a shared file system).
 """
 
 import sys

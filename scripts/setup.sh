@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 # A missing console script means the package metadata is older than pyproject.toml.
-if ! .venv/bin/python -c "import llaso_data, llaso_synth, ray, webdataset, deepspeed, accelerate, jiwer, pyflac, pytest" >/dev/null 2>&1 \
+if ! .venv/bin/python -c "import llaso_data, llaso_synth, ray, webdataset, deepspeed, accelerate, jiwer, pyflac, isal, pytest" >/dev/null 2>&1 \
     || [ ! -x .venv/bin/llaso-eval ]; then
   # pip warns once per optional local package index it cannot find: drop that noise only.
   .venv/bin/pip install --quiet -e ".[test]" \

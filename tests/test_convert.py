@@ -30,6 +30,8 @@ from llaso_data.records import Sample
 from llaso_data.convert.shard_writer import TarStream
 from llaso_synth.corpus import write_corpus
 
+from conftest import convert_in_process
+
 REPO = Path(__file__).resolve().parents[1]
 LLASO_SHARD = [sys.executable, "-m", "llaso_data.cli"]
 SHARDS_PER = 3
@@ -289,3 +291,18 @@ def test_flac16k_stores_mono_16khz_flac(corpus, tmp_path):
                 assert np.abs(audio).max() > 0.01
                 checked += 1
     assert checked >= report.written
+
+
+def test_a_file_holding_one_object_converts_as_one_record_and_is_reported(tmp_path):
+    """A ``.json`` file holding one object (as LLaSO's data_merge.py accepts) is one record;
+    the report names it (the CLI prints it as a warning), an array file is not named."""
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, seed=2, samples_per_task=2)
+    source = tmp_path / "src" / "text_audio"
+    source.mkdir(parents=True)
+    records = json.loads((corpus / "LLaSO-Instruct" / "text_audio" / "meld_ER_classification_train.json").read_text())
+    (source / "meld_ER_classification_train.json").write_text(json.dumps(records[0], ensure_ascii=False))
+    (source / "meld_SV_classification_train.json").write_text(json.dumps(records, ensure_ascii=False))
+    report = convert_in_process(source.parent, tmp_path / "out", audio_root=corpus)
+    assert report.single_objects == ["text_audio/meld_ER_classification_train.json"]
+    assert (report.read, report.written, report.rejected) == (1 + len(records), 1 + len(records), 0)

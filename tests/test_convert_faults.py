@@ -21,6 +21,7 @@ from llaso_data.convert.lock import out_lock
 from llaso_data.convert.pipeline import ConversionError, ConvertOptions, convert
 from llaso_data.convert.verify import verify
 from llaso_data.ingest.corpus import scan
+from llaso_data.ingest.paths import AudioRoot
 from llaso_synth.corpus import write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def test_fifo_device_nul_and_nan_audio_are_rejections_within_seconds(tmp_path, r
         pass  # mknod needs CAP_MKNOD; the FIFO still covers a non-regular file
     (root / "text_audio" / "ASR_test.json").write_text(json.dumps([_record(v) for v in voices]))
 
-    report = scan(str(root), audio_root=str(root))
+    report = scan(str(root), audio=AudioRoot(str(root)))
     assert report.rejected["audio_not_a_file"] == expected["audio_not_a_file"]
     started = time.monotonic()
     result = convert(ConvertOptions(str(root), str(tmp_path / "out"), samples_per_shard=10))

@@ -12,7 +12,7 @@ import pytest
 from llaso_data.ingest.corpus import UnknownStemWarning, iter_corpus, iter_file, scan
 from llaso_data.ingest.paths import AudioPathError, AudioRoot
 from llaso_data.records import Rejection, Sample
-from llaso_data.ingest.readers import iter_raw_records
+from llaso_data.ingest.readers import SingleObjectWarning, holds_single_object, iter_raw_records
 from llaso_data.tasks import LLASO_TASKS, parse_file_name
 
 from conftest import EVAL_SAMPLE
@@ -254,7 +254,7 @@ def test_llasm_multi_turn_conversations(tmp_path):
     assert [t.clips for t in sample.turns[::2]] == [((0, 0),), ((0, 1),), ((4, 2),)]
     assert sample.label == "北京是中国的首都。"
     assert sample.provenance == {"id": "zh-0", "transcripts": transcripts}
-    report = scan(path.parent, audio_root=FIXTURES_LLASM.parent)
+    report = scan(path.parent, audio=AudioRoot(FIXTURES_LLASM.parent))
     assert report.valid == 1 and not report.rejected
 
 
@@ -301,8 +301,28 @@ def test_scan_cli_prints_the_contract_json_and_exits_zero(tmp_path):
 
 def test_raw_reader_handles_single_object_and_bom(tmp_path):
     path = _write(tmp_path / "one.json", b"\xef\xbb\xbf" + json.dumps(GOOD).encode())
-    raw, = list(iter_raw_records(path))
+    with pytest.warns(SingleObjectWarning, match="one.json: holds one JSON object"):
+        raw, = list(iter_raw_records(path))
     assert raw.value == GOOD and raw.byte_offset == 3
+
+
+def test_a_json_file_holding_one_object_is_one_record_with_a_warning_naming_it(tmp_path, recwarn):
+    """LLaSO's data_merge.py reads a file holding one object as one record; so does ingestion,
+    and it warns naming the file (an array file gives no such warning). The CLI prints the
+    warning as one line."""
+    one = _write(tmp_path / "text_audio" / "meld_ER_classification_train.json", b"\n " + json.dumps(GOOD).encode())
+    array = _write(tmp_path / "text_audio" / "meld_SV_classification_train.json", json.dumps([GOOD, GOOD]).encode())
+    assert holds_single_object(one) and not holds_single_object(array)
+    items = list(iter_corpus(tmp_path))
+    assert [type(i) for i in items] == [Sample] * 3 and items[0].task == "ER" and items[0].turns == items[1].turns
+    warned = [w for w in recwarn if issubclass(w.category, SingleObjectWarning)]
+    assert [str(w.message) for w in warned] == [f"{one}: holds one JSON object, not an array; read as one record"]
+    result = subprocess.run([sys.executable, "-m", "llaso_data.cli", "scan", str(tmp_path), "--json"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["samples"][0]["count"] == 1
+    assert [line for line in result.stderr.splitlines() if "warning" in line] == [
+        f"warning: {one}: holds one JSON object, not an array; read as one record"]
 
 
 FIXTURES_LLASM = EVAL_SAMPLE.parent / "llasm_examples"

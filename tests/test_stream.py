@@ -374,3 +374,56 @@ def test_several_sources_stream_prefixed_keys_and_resume_exactly(shards, tmp_pat
     upsampled = {k for k, q in plans[0].quotas.items() if q > sizes[k]}
     repeated = [k for k, n in Counter(keys).items() if n > 1]
     assert all(any(k.startswith(f"{src}/") for src, _ in upsampled) for k in repeated)
+
+
+def test_readme_loader_example_takes_str_roots(shards, tmp_path_factory):
+    """The README's loader example, verbatim in shape, with ``str`` roots: two sources,
+    temperature mixing, dynamic batches agreed over 2 ranks, 2 workers, a renderer; it
+    serves the same keys as the same example with ``Path`` roots, and ``preview`` and
+    ``plan_rank`` take the same ``str`` roots."""
+    from llaso_data.stream.chat import renderer, tiny_tokenizer
+    from llaso_data.stream.preview import preview
+
+    align = tmp_path_factory.getbasetemp() / "llaso-align"
+    if not align.exists():
+        shutil.copytree(shards, align)
+
+    def config(root_type):
+        return StreamConfig(PlanConfig(
+            sources=[Source(root_type(align), Selection(splits=("train",)), weight=1.0),
+                     Source(root_type(shards), Selection(splits=("train",), tasks=None), weight=2.0)],
+            mixing=Mixing("temperature", temperature=2.0),
+            batching=Batching(batch_size=None, max_tokens=8000, max_length=2048), seed=0))
+
+    tokenizer = tiny_tokenizer()
+    served = {}
+    for root_type in (str, Path):
+        counts = [len(plan_rank(config(root_type).plan, 0, 2, r, agree=lambda n: n).batches) for r in range(2)]
+        keys = []
+        for rank in range(2):
+            loader = StreamLoader(ShardStream(config(root_type), rank=rank, world_size=2,
+                                              render=renderer(tokenizer), pad_id=tokenizer.pad_token_id,
+                                              agree=lambda n: min(counts)),
+                                  num_workers=2)
+            loader.set_epoch(0)
+            for batch in loader:
+                assert float_chunks(batch["chunks"]).dtype == torch.float32
+                assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+                keys += batch["keys"]
+            assert loader.state_dict()["batches_done"] == min(counts)
+        served[root_type] = keys
+    assert served[str] == served[Path] and served[str]
+    assert {k.split("/")[0] for k in served[str]} == {"llaso-align", shards.name}
+    assert preview(config(str).plan, 2).to_dict() == preview(config(Path).plan, 2).to_dict()
+
+
+def test_shard_reader_takes_str_and_path_for_the_same_shard(shards):
+    from llaso_data.stream.shard_reader import ShardReader
+
+    row = pq.read_table(shards / "index.parquet").slice(0, 1).to_pylist()[0]
+    reader = ShardReader(4)
+    sample, _ = reader.read(str(shards / row["shard"]), row["offset"])
+    again, _ = reader.read(shards / row["shard"], row["offset"])
+    assert sample == again and reader.open_count == 1
+    reader.release(shards / row["shard"])
+    assert reader.open_count == 0

@@ -49,6 +49,8 @@ NOT_IN_SYNTH = {
     "audio_unreadable": "needs a file the test user cannot read, which root can read anyway",
     "audio_invalid": "needs a float clip holding NaN (tests/test_convert_faults.py makes one)",
     "record_error": "only an unforeseen exception raises it; there is no known input that does",
+    "audio_ambiguous": "only audio read from zip parts (--audio-archives) gives it (tests/test_archives.py)",
+    "archive_member_unreadable": "only audio read from zip parts gives it (tests/test_archives.py)",
 }
 """Rejection reasons the synthetic corpus's faults do not produce, and why."""
 

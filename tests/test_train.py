@@ -25,7 +25,7 @@ from llaso_data.stream.chat import IGNORE_INDEX
 from llaso_synth.checkpoints import write_checkpoints
 from llaso_synth.corpus import write_corpus
 from llaso_train.model import PROJECTOR_FILE, load_exported
-from llaso_train.recipe import RUN_STATE_FILE, check_resumable
+from llaso_train.recipe import RUN_STATE_FILE, check_resumable, keep_rows_through
 
 from conftest import convert_in_process
 
@@ -118,6 +118,27 @@ def _by_step(out: Path) -> dict[int, tuple]:
     return steps
 
 
+def _logged_after(out: Path, step: int) -> bool:
+    """Whether rank 0's metrics already hold a step after ``step`` (complete lines only)."""
+    try:
+        text = (out / "metrics.jsonl").read_text()
+    except FileNotFoundError:
+        return False
+    return any(json.loads(line)["step"] > step for line in text.splitlines(keepends=True) if line.endswith("\n"))
+
+
+def test_a_restarted_run_cuts_its_logs_to_the_step_it_starts_from(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    rows = [json.dumps({"step": s, "loss": s / 10}) + "\n" for s in (1, 2, 3, 4)]
+    log.write_text("".join(rows) + '{"step": 5, "lo')  # killed mid-write
+    keep_rows_through(log, 2)
+    assert log.read_text() == "".join(rows[:2])
+    keep_rows_through(log, 0)                            # restarted before its first checkpoint
+    assert log.read_text() == ""
+    keep_rows_through(tmp_path / "absent.jsonl", 3)
+    assert not (tmp_path / "absent.jsonl").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+
+
 def test_real_layout_instruct_resumes_exports_and_generates(aligned, shards, checkpoints, tmp_path):
     """bf16 instruct from the align projector with gradient checkpointing (as the Base preset),
     killed after a checkpoint and resumed: the same keys and losses as an uninterrupted run;
@@ -133,9 +154,10 @@ def test_real_layout_instruct_resumes_exports_and_generates(aligned, shards, che
                      start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = killed / "checkpoints" / "latest"
     deadline = time.monotonic() + 400
-    while not (latest.exists() and latest.read_text().strip() in ("step2", "step4")):
+    while not (latest.exists() and latest.read_text().strip() in ("step2", "step4")
+               and _logged_after(killed, int(latest.read_text().strip().removeprefix("step")))):
         assert process.poll() is None and time.monotonic() < deadline, "run ended before it could be killed"
-        time.sleep(0.2)
+        time.sleep(0.1)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (killed / "export").exists()
@@ -146,6 +168,17 @@ def test_real_layout_instruct_resumes_exports_and_generates(aligned, shards, che
     resumed = _train("llaso_base_instruct.yaml", killed, shards, *settings)
     assert "resumed at step" in resumed.stdout
 
+    # the steps logged after the checkpoint and trained again are logged once, as uninterrupted
+    for rank in (0, 1):
+        rows = [json.loads(line) for line in (killed / f"keys-rank{rank}.jsonl").read_text().splitlines()]
+        reference_rows = [json.loads(line) for line in (reference / f"keys-rank{rank}.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [r["step"] for r in reference_rows] == list(range(1, 7))
+        assert [r["keys"] for r in rows] == [r["keys"] for r in reference_rows], f"rank {rank} keys differ"
+        assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in reference_rows], rel=1e-5, abs=1e-6)
+    rows, reference_rows = _metrics(killed), _metrics(reference)
+    assert [r["step"] for r in rows] == [r["step"] for r in reference_rows] == list(range(1, 7))
+    assert [r["samples"] for r in rows] == [r["samples"] for r in reference_rows]
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in reference_rows], rel=1e-5, abs=1e-6)
     expected, got = _by_step(reference), _by_step(killed)
     assert sorted(got) == sorted(expected) == list(range(1, 7))
     for step in expected:
@@ -197,25 +230,28 @@ def test_loss_weighs_every_supervised_token_the_same(checkpoints):
     assert step != pytest.approx(float(means[0] + means[1]) / 2, rel=1e-3)
 
 
-def test_a_stopped_rank_makes_the_other_exit_within_the_timeout(tmp_path):
-    """Rank 1 stops itself; rank 0 gives up after 5 s naming rank 1 and exits non-zero;
-    killing the launcher then leaves no rank process behind (the stopped one included)."""
+def test_a_stopped_rank_is_named_by_the_others_within_the_timeout(tmp_path):
+    """Of 3 ranks, rank 1 stops itself; ranks 0 and 2 give up after 5 s, each naming rank 1
+    (the one that never checked in), and exit non-zero; killing the launcher then leaves
+    no rank process behind (the stopped one included)."""
     script = Path(__file__).parent / "scripts" / "stopped_rank.py"
-    launcher = subprocess.Popen([*TORCHRUN, str(script), "5"],
+    launcher = subprocess.Popen([*TORCHRUN[:-1], "3", str(script), "5", "1"],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, "DS_ACCELERATOR": "cpu"})
     lines, deadline = [], time.monotonic() + 240
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and sum("gave up waiting" in line for line in lines) < 2:
         line = launcher.stdout.readline()
         lines.append(line)
-        if "gave up waiting" in line or not line:
+        if not line:
             break
     children = [int(p) for p in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
                                                text=True).stdout.split()]
     launcher.kill()
     launcher.wait()
     output = "".join(lines)
-    assert "stopped_rank: rank 0 of 2: gave up waiting for rank 1" in output, output[-3000:]
+    for rank in (0, 2):
+        assert f"stopped_rank: rank {rank} of 3: gave up waiting for rank 1 in a collective (timeout 5 s)" in output, \
+            output[-3000:]
     time.sleep(1)
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower() \

@@ -12,8 +12,10 @@ The pipeline (the driver holds counts and shard names only, never the records):
    seed and count); one sort by shard, with boundaries computed from the counts rather
    than sampled, moves the sample metadata (never audio) so that each write task gets
    whole shards (one shard per task up to 256 shards);
-4. write: the task writing a shard reads its audio itself, writes the tar atomically and
-   records its rows in ``OUT/.state/<shard>.json``;
+4. write: the task writing a shard reads its audio itself (loose files, or members of
+   zip parts through the member index that ``archive_table`` builds in Ray tasks before
+   step 1 and caches in ``OUT/.archives``), writes the tar atomically and records its rows
+   in ``OUT/.state/<shard>.json``;
 5. finish: manifest, index and rejects are assembled from the state files in sorted order,
    and the accounting identity ``read = written + rejected`` is checked.
 
@@ -43,16 +45,18 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from llaso_data.ingest.corpus import UnknownStemWarning, annotation_files, corpus_root, iter_file
-from llaso_data.manifest import (INDEX_FILE, INDEX_SCHEMA, MANIFEST_FILE, MANIFEST_SCHEMA, REJECTS_FILE,
-                       REJECTS_SCHEMA, REPORT_FILE, StreamingTableWriter, write_table)
-from llaso_data.records import Sample
-from llaso_data.storage import StorageError, Store, is_url, open_store
+from llaso_data.convert.archive_table import CACHE_DIR, build_member_index
 from llaso_data.convert.lock import OutputBusyError, out_lock
-from llaso_data.convert.resume import changed_sources, shard_input_digest, source_fingerprint
+from llaso_data.convert.resume import ARCHIVE_CLIP, changed_sources, shard_input_digest, source_fingerprint
 from llaso_data.convert.shard_writer import ShardResult, shard_index, shard_name, write_shard
+from llaso_data.ingest.archives import ArchiveSet, ArchiveSource, AudioSource, refuse_archive_root
+from llaso_data.ingest.corpus import UnknownStemWarning, annotation_files, corpus_root, iter_file
 from llaso_data.ingest.paths import AudioPathError, AudioRoot
 from llaso_data.ingest.validate import FileContext
+from llaso_data.manifest import (INDEX_FILE, INDEX_SCHEMA, MANIFEST_FILE, MANIFEST_SCHEMA, REJECTS_FILE,
+                               REJECTS_SCHEMA, REPORT_FILE, StreamingTableWriter, write_table)
+from llaso_data.records import Sample
+from llaso_data.storage import StorageError, Store, is_url, open_store
 
 STATE_DIR = ".state"
 SOURCES_FILE = "sources.json"
@@ -70,6 +74,8 @@ class ConvertOptions:
     """What to convert and how.
 
     ``audio_root`` defaults to the corpus folder (the folder of SRC when SRC is a file).
+    ``audio_archives``: glob patterns (or paths) of zip parts to read the audio from in
+    place, instead of loose files under ``audio_root`` (the two exclude each other).
     ``samples_per_shard`` is a target; shard sizes vary around it (seeded hash assignment).
     Paths may be given as ``str`` or ``Path``; ``out`` may also be an object-store URL
     (``s3://bucket/prefix``, kept as a string).
@@ -81,6 +87,7 @@ class ConvertOptions:
     audio_mode: str = "passthrough"
     samples_per_shard: int = 1000
     seed: int = 0
+    audio_archives: tuple[str, ...] = ()
 
     def __post_init__(self):
         for name in ("source", "out", "audio_root"):  # str or Path in, Path kept (a URL stays a str)
@@ -88,6 +95,9 @@ class ConvertOptions:
                 object.__setattr__(self, name, Path(getattr(self, name)))
         if isinstance(self.samples_per_shard, bool) or not isinstance(self.samples_per_shard, int):
             raise ValueError(f"samples_per_shard must be an integer, not {self.samples_per_shard!r}")
+        object.__setattr__(self, "audio_archives", tuple(str(p) for p in self.audio_archives))
+        if self.audio_archives and self.audio_root is not None:
+            raise ValueError("give --audio-root (loose files) or --audio-archives (zip parts), not both")
         if self.samples_per_shard < 1:
             raise ValueError("samples_per_shard must be at least 1")
         if self.audio_mode not in ("passthrough", "flac16k"):
@@ -131,8 +141,10 @@ class ConvertReport:
     audio_seconds: float = 0.0
     rejected_by_reason: dict = field(default_factory=dict)
     unknown_stems: list = field(default_factory=list)
+    single_objects: list = field(default_factory=list)  # .json files holding one object: one record each
     seconds: float = 0.0
-    stage_seconds: dict = field(default_factory=dict)  # read, count, write (incl. shuffle), finish
+    stage_seconds: dict = field(default_factory=dict)  # [archives,] read, count, write (incl. shuffle), finish
+    archives: dict = field(default_factory=dict)  # zip parts: see archive_table.TableReport
 
     @property
     def identity_holds(self) -> bool:
@@ -230,7 +242,11 @@ def _convert(options: ConvertOptions, out: Store, started: float,
     sources_path = f"{STATE_DIR}/{SOURCES_FILE}"
     before = json.loads(out.read_text(sources_path)) if out.exists(sources_path) else None
     contexts = [FileContext.for_path(root, p) for p in files]
+    from llaso_data.ingest.readers import holds_single_object
+
     report = ConvertReport(unknown_stems=[c.source for c in contexts if not c.stem.known],
+                           single_objects=[c.source for c, p in zip(contexts, files)
+                                           if p.suffix.lower() == ".json" and holds_single_object(p)],
                            sources_changed=[] if before is None else changed_sources(before, sources))
 
     context = ray.data.DataContext.get_current()
@@ -245,9 +261,12 @@ def _convert(options: ConvertOptions, out: Store, started: float,
     # (materialise, or the sort before the writes), so there is nothing to guard.
     context.op_resource_reservation_enabled = False
 
+    stages = _StageClock(report.stage_seconds, started)
+    audio = _audio_source(options, out, report)
+    if options.audio_archives:
+        stages.end("archives")
     rows = ray.data.from_items([{"path": str(p)} for p in files], override_num_blocks=max(len(files), 1))
     rows = rows.map_batches(_read_files, fn_kwargs={"root": str(root)}, batch_size=1).materialize()
-    stages = _StageClock(report.stage_seconds, started)
     stages.end("read")
 
     counts: dict[tuple[str, str, str], int] = {}
@@ -269,7 +288,7 @@ def _convert(options: ConvertOptions, out: Store, started: float,
     written = (rows.map_batches(_assign_shards, fn_kwargs={"plan": plan, "seed": options.seed},
                                 batch_size=None, batch_format="pyarrow")
                .sort("shard_id", boundaries=partitions)
-               .map_batches(_write_shards, fn_kwargs={"out": out.url, "audio_root": str(options.resolved_audio_root),
+               .map_batches(_write_shards, fn_kwargs={"out": out.url, "audio": audio,
                                                       "audio_mode": options.audio_mode, "seed": options.seed,
                                                       "identity": options.fingerprint()},
                             batch_size=None, batch_format="pyarrow"))
@@ -372,6 +391,25 @@ class _StageClock:
         self._last = now
 
 
+def _audio_source(options: ConvertOptions, out: Store, report: ConvertReport) -> AudioSource:
+    """The folder of loose files, or the zip parts with their member index (built in Ray
+    tasks, cached under ``OUT/.archives``, or for an OUT on an object store under
+    ``.archives`` next to the first part: the cache must be a folder every node shares, as
+    the parts are). Raises :class:`ConversionError` for a loose root that holds zip parts,
+    a pattern that matches nothing and a bad part."""
+    try:
+        if not options.audio_archives:
+            refuse_archive_root(options.resolved_audio_root)
+            return AudioRoot(options.resolved_audio_root)
+        archives = ArchiveSet.from_patterns(options.audio_archives)
+        cache = out.local_path if out.local_path is not None else Path(archives.parts[0].path).parent
+        index, table = build_member_index(archives, cache / CACHE_DIR)
+    except ValueError as error:
+        raise ConversionError(str(error)) from None
+    report.archives = {**asdict(table), "parts": len(archives.parts)}
+    return ArchiveSource(index)
+
+
 def _prepare_out(out: Store, options: ConvertOptions) -> None:
     """Refuse an OUT converted with other options, remove leftovers of a crash (the
     caller holds OUT's lock, so no other conversion's temporary files are among them)."""
@@ -419,10 +457,13 @@ def _read_files(batch: dict[str, np.ndarray], root: str) -> Iterator[dict[str, l
 
     Columns: ``kind`` (``sample`` | ``reject``), ``split``, ``modality``, ``task``, ``key``
     (empty for a rejection) and ``payload`` (the sample or rejection as JSON). Unknown-stem
-    warnings are the driver's to report; they are silenced here.
+    and single-object warnings are the driver's to report; they are silenced here.
     """
+    from llaso_data.ingest.readers import SingleObjectWarning
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnknownStemWarning)
+        warnings.simplefilter("ignore", SingleObjectWarning)
         for path in batch["path"]:
             rows = _empty_rows()
             try:
@@ -500,7 +541,7 @@ def _assign_shards(block, plan: ShardPlan, seed: int):
             .append_column("shard", pa.array(names, pa.string())))
 
 
-def _write_shards(block, out: str, audio_root: str, audio_mode: str, seed: int, identity: dict):
+def _write_shards(block, out: str, audio: AudioSource, audio_mode: str, seed: int, identity: dict):
     """Ray UDF: the sample rows of whole shards, sorted by ``shard_id``, in; one row per
     shard, written (or found done), out as each shard is done."""
     import pyarrow as pa
@@ -513,8 +554,8 @@ def _write_shards(block, out: str, audio_root: str, audio_mode: str, seed: int, 
         shard = block.slice(start, end - start)
         name = shard["shard"][0].as_py()
         try:
-            handled, done_before = _write_shard(open_store(out), name, shard["payload"].to_pylist(),
-                                                Path(audio_root), audio_mode, seed, identity)
+            handled, done_before = _write_shard(open_store(out), name, shard["payload"].to_pylist(), audio,
+                                                audio_mode, seed, identity)
         except StorageError as error:  # names the URL
             raise RunError(f"cannot write: {error}") from None
         except OSError as error:  # not about one record: the output cannot be written
@@ -523,28 +564,32 @@ def _write_shards(block, out: str, audio_root: str, audio_mode: str, seed: int, 
         yield pa.table({"shard": [name], "handled": [handled], "reused": [done_before]})
 
 
-def _write_shard(out: Store, name: str, payloads: list[str], audio_root: Path, audio_mode: str,
+def _write_shard(out: Store, name: str, payloads: list[str], audio: AudioSource, audio_mode: str,
                  seed: int, identity: dict) -> tuple[int, bool]:
     """Write shard ``name`` from its samples' JSON unless its state file records the same
     inputs (see :func:`~llaso_data.convert.resume.shard_input_digest`) and its tar exists;
     returns (samples handled, whether it was already done)."""
     samples = [Sample.from_json(p) for p in payloads]
-    clips = AudioRoot(audio_root)
-    digest = shard_input_digest({**identity, "audio_root": str(audio_root)}, payloads,
-                                [_resolved(clips, path) for s in samples for path in s.audio])
+    digest = shard_input_digest(identity, payloads, [_clip_identity(audio, path) for s in samples for path in s.audio])
     state_path = _state_path(name)
     if out.exists(state_path):
         state = json.loads(out.read_text(state_path))
         if state.get("input") == digest and (not state["manifest"]["num_samples"] or out.exists(name)):
             return state["manifest"]["num_samples"] + len(state["rejections"]), True
-    _save_state(out, state_path, write_shard(out, name, samples, audio_root, audio_mode, seed), digest)
+    _save_state(out, state_path, write_shard(out, name, samples, audio, audio_mode, seed), digest)
     return len(samples), False
 
 
-def _resolved(root: AudioRoot, relative: str) -> str:
-    """The clip's resolved path, or a marker naming why it has none."""
+def _clip_identity(audio: AudioSource, relative: str) -> str:
+    """What names a clip's bytes for the resume digest: a loose file's resolved path (its
+    size and mtime are added by the digest), or ``zip:<part>!<member>:<table row>`` (the
+    row holds the member's offset, sizes, method and CRC-32, so changed bytes change it);
+    a marker naming why it has neither."""
     try:
-        return str(root.resolve(relative))
+        if isinstance(audio, AudioRoot):
+            return str(audio.resolve(relative))
+        member = audio.member(relative)
+        return f"{ARCHIVE_CLIP}{member.part}!{member.name}:{member.row}"
     except (AudioPathError, ValueError, OSError) as error:
         return f"unresolved:{relative}:{type(error).__name__}"
 

@@ -38,6 +38,11 @@ def changed_sources(before: dict[str, dict], now: dict[str, dict]) -> list[str]:
     return sorted(name for name in before.keys() | now.keys() if before.get(name) != now.get(name))
 
 
+ARCHIVE_CLIP = "zip:"
+"""Prefix of a clip read from a zip part: its identity is in the string (part, member and
+central-directory row), so no file is looked at."""
+
+
 def shard_input_digest(options: dict, payloads: list[str], clips: list[str]) -> str:
     """Hex digest of one shard's inputs: ``options`` (what shapes the bytes), the samples'
     JSON ``payloads`` and ``clips``, the resolved audio paths they read (both in any order)."""
@@ -51,6 +56,8 @@ def shard_input_digest(options: dict, payloads: list[str], clips: list[str]) -> 
 
 def _clip_identity(path: str) -> bytes:
     """Size and mtime of a clip (what tells a replaced file), or a marker when absent."""
+    if path.startswith(ARCHIVE_CLIP):
+        return b""
     try:
         status = os.stat(path)
     except (OSError, ValueError):

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
-from llaso_data.convert.transcode import AudioError, encode_clip
-from llaso_data.ingest.paths import AudioPathError, AudioRoot
+from llaso_data.convert.clips import CLIP_ERRORS, ClipReader
+from llaso_data.convert.transcode import encode_data
+from llaso_data.ingest.archives import AudioSource
 from llaso_data.records import Rejection, Sample
 from llaso_data.storage import Store
 
@@ -70,29 +71,29 @@ class _NothingToWrite(Exception):
     """Every sample of a shard was rejected: its tar is not published."""
 
 
-def write_shard(out_root: Store, name: str, samples: list[Sample], audio_root: Path,
+def write_shard(out_root: Store, name: str, samples: list[Sample], audio: AudioSource,
                 audio_mode: str, seed: int) -> ShardResult:
-    """Read the audio of ``samples``, write ``name`` under ``out_root`` (a local folder or a
-    bucket prefix) atomically, return its rows. The tar streams out as it is built (on S3 a
-    multipart upload), and appears under its name only when complete.
+    """Read the audio of ``samples`` from ``audio`` (a folder of loose files or a set of
+    zip parts), write ``name`` under ``out_root`` (a local folder or a bucket prefix)
+    atomically, return its rows. The tar streams out as it is built (on S3 a multipart
+    upload) and appears under its name only when complete.
 
-    Samples whose audio is missing, not a regular file, undecodable, empty or invalid
-    become rejections, as does a sample for which anything else raises (``record_error``).
-    When every sample is rejected no tar is written and ``manifest["num_samples"]`` is 0.
-    An error writing the tar (a full disk, a bucket that keeps failing) propagates; the
-    temporary file is removed.
+    Samples whose audio is missing, not a regular file, undecodable, empty or invalid, or
+    (from zip parts) ambiguous or unreadable, become rejections, as does a sample for which
+    anything else raises (``record_error``). When every sample is rejected no tar is
+    written and ``manifest["num_samples"]`` is 0. An error writing the tar (a full disk, a
+    bucket that keeps failing) propagates; the temporary file is removed.
     """
     first = samples[0]
     split, modality, task, category = first.split, first.modality, first.task, first.category
     result = ShardResult(manifest={})
     seconds_total = 0.0
-    clip_root = AudioRoot(audio_root)
     tar = None
     try:
-        with out_root.writer(name) as file:
+        with out_root.writer(name) as file, ClipReader(audio) as reader:
             tar = TarStream(file)
             for sample in sorted(samples, key=lambda s: order_within_shard(s.key, seed)):
-                encoded = _encode_sample(sample, clip_root, audio_mode)
+                encoded = _encode_sample(sample, reader, audio_mode)
                 if isinstance(encoded, Rejection):
                     result.rejections.append(encoded)
                     continue
@@ -123,17 +124,17 @@ def write_shard(out_root: Store, name: str, samples: list[Sample], audio_root: P
     return result
 
 
-def _encode_sample(sample: Sample, clip_root: AudioRoot, audio_mode: str
+def _encode_sample(sample: Sample, reader: ClipReader, audio_mode: str
                    ) -> tuple[Sample, bytes, list] | Rejection:
     """``(sample with durations, its JSON as UTF-8, its encoded clips)``, or the sample's
     rejection: for its audio (the reason the audio check names), or ``record_error`` for
     any other exception raised by this one record (the exception is named in the detail).
     Errors of the output (writing the tar) are not caught here."""
     try:
-        clips = [encode_clip(clip_root.resolve(p), audio_mode) for p in sample.audio]
+        clips = [encode_data(*reader.read(p), audio_mode) for p in sample.audio]
         stored = replace(sample, durations=tuple(round(c.seconds, 6) for c in clips))
         return stored, stored.to_json().encode("utf-8"), clips
-    except (AudioError, AudioPathError) as error:
+    except CLIP_ERRORS as error:
         reason, detail = error.reason, str(error)
     except (MemoryError, KeyboardInterrupt):
         raise

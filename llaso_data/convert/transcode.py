@@ -78,7 +78,12 @@ class EncodedClip:
 
 def encode_clip(path: Path, mode: str) -> EncodedClip:
     """Read the clip at ``path`` and return what a shard stores for it in ``mode``."""
-    data = read_clip(path)
+    return encode_data(read_clip(path), path, mode)
+
+
+def encode_data(data: bytes, path: Path, mode: str) -> EncodedClip:
+    """What a shard stores in ``mode`` for the clip bytes ``data``; ``path`` names the clip
+    in errors and gives its format suffix (for a zip member: ``<part>/<member name>``)."""
     if mode == "passthrough":
         return EncodedClip(data, path.suffix.lstrip(".").lower(), check_decodes(data, path))
     if mode == "flac16k":

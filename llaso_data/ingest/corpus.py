@@ -7,6 +7,9 @@ Supported layouts, all found by walking ``*.json``/``*.jsonl`` files in sorted o
 * LLaSM-style: any folder of multi-turn ``conversations`` files (JSON or JSONL);
 * a parent folder holding several of these (e.g. what ``llaso-shard synth`` writes).
 
+A ``.json`` file holding one object instead of an array is one record (as LLaSO's
+``data_merge.py`` reads it), with a ``readers.SingleObjectWarning`` naming the file.
+
 Files named ``synth_summary.json``, ``*.summary.json``, or inside hidden folders are not
 annotation files and are skipped.
 """
@@ -19,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from llaso_data.ingest.paths import AudioPathError, AudioRoot
+from llaso_data.ingest.archives import AudioSource
+from llaso_data.ingest.paths import AudioPathError
 from llaso_data.ingest.readers import iter_raw_records
 from llaso_data.records import Rejection, Sample
 from llaso_data.ingest.validate import FileContext, normalise_record
@@ -129,30 +133,30 @@ class ScanReport:
         }
 
 
-def check_audio_exists(sample: Sample, audio_root: AudioRoot) -> Sample | Rejection:
-    """The sample, or its rejection when a clip is missing or resolves outside the root."""
+def check_audio_exists(sample: Sample, audio: AudioSource) -> Sample | Rejection:
+    """The sample, or its rejection when a clip is missing, resolves outside the root, or
+    (zip parts) names a member several parts hold."""
     try:
-        audio_root.locate(sample.audio)
+        audio.locate(sample.audio)
     except AudioPathError as error:
         return Rejection(sample.source, sample.ordinal, error.reason, str(error),
                          sample.to_json(), None, sample.key)
     return sample
 
 
-def scan(source: Path | str, audio_root: Path | str | None = None, max_examples: int = 5) -> ScanReport:
+def scan(source: Path | str, audio: AudioSource | None = None, max_examples: int = 5) -> ScanReport:
     """Read every record under ``source`` once and count samples and rejections.
 
-    With ``audio_root``, also check that every clip exists under it as a regular file
-    (one ``stat`` per clip).
+    With ``audio`` (an ``AudioRoot``, or an ``ArchiveSource`` over zip parts),
+    also check that every clip exists in it (one ``stat``, or one index look-up, per clip).
     """
     source = Path(source)
     report = ScanReport(max_examples=max_examples)
     root = corpus_root(source)
-    clips = AudioRoot(audio_root) if audio_root is not None else None
     for path in annotation_files(source):
         report.files += 1
         for item in iter_file(root, path):
-            if clips is not None and isinstance(item, Sample):
-                item = check_audio_exists(item, clips)
+            if audio is not None and isinstance(item, Sample):
+                item = check_audio_exists(item, audio)
             report.add(item)
     return report

@@ -24,6 +24,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -35,6 +36,20 @@ RAW_EXCERPT_CHARS = 4096
 _WHITESPACE = re.compile(r"[ \t\r\n]*")
 _SEPARATOR = re.compile(r"[ \t\r\n]*,[ \t\r\n]*")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+class SingleObjectWarning(UserWarning):
+    """A ``.json`` annotation file holding one object instead of an array. It is read as one
+    record, as LLaSO's ``data_merge.py`` reads such a file; the warning names the file,
+    since a file meant to hold many records may have lost its brackets."""
+
+
+def holds_single_object(path: Path | str) -> bool:
+    """Whether the ``.json`` file ``path`` holds one object, not an array: its first
+    character after a UTF-8 byte-order mark and whitespace is ``{``. Reads at most 64 KiB."""
+    with open(path, "rb") as stream:
+        head = stream.read(1 << 16)
+    return head.removeprefix(codecs.BOM_UTF8).lstrip(b" \t\r\n")[:1] == b"{"
 
 
 @dataclass(slots=True)
@@ -55,6 +70,8 @@ class RawRecord:
 
 def iter_raw_records(path: Path | str) -> Iterator[RawRecord]:
     """Every record of a ``.json`` (array or single object) or ``.jsonl`` file, in order.
+    A ``.json`` file holding one object is one record and raises a
+    :class:`SingleObjectWarning` naming the file.
 
     The file is opened on the first ``next`` and closed when the iterator ends or is
     discarded.
@@ -178,7 +195,10 @@ def _iter_json(path: Path) -> Iterator[RawRecord]:
             yield RawRecord(0, 0, "", None, ("malformed_json", "the file is empty"))
             return
         single = first == "{"
-        if first != "{":
+        if single:
+            warnings.warn(f"{path}: holds one JSON object, not an array; read as one record",
+                          SingleObjectWarning, stacklevel=2)
+        else:
             if first == "[":
                 window.advance(window.pos + 1)
                 problem = _to_next_element(window, 0)

@@ -145,10 +145,11 @@ def _last_uses(plan: RankPlan, numbers: range) -> dict[int, list[int]]:
         chosen = [plan.batches[n] for n in numbers]
         slots = np.concatenate(chosen)
         position = np.repeat(np.arange(len(chosen)), [len(b) for b in chosen])
-    shard = plan.shard[slots]
-    shards, at = np.unique(shard[::-1], return_index=True)
+    last = np.full(len(plan.shard_names), -1, np.int64)  # the last position reading each shard
+    np.maximum.at(last, plan.shard[slots], position)
+    shards = np.flatnonzero(last >= 0)
     finished: dict[int, list[int]] = {}
-    for s, p in zip(shards.tolist(), position[len(shard) - 1 - at].tolist()):
+    for s, p in zip(shards.tolist(), last[shards].tolist()):
         finished.setdefault(p, []).append(s)
     return finished
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from pathlib import Path
 
 from llaso_data.records import Sample
-from llaso_data.storage import RangeFile, StorageError, open_file
+from llaso_data.storage import RangeFile, StorageError, is_url, open_file
 
 READ_AHEAD = 4096
 """Bytes fetched by a read that misses the buffer, unless the read itself wants more."""
@@ -36,7 +37,8 @@ class ShardReader:
     """Keeps the shards one worker uses open: ``read(path, offset)`` returns
     ``(sample, [clip bytes, ...])``; ``release(path)`` closes a shard the worker is done
     with. At most ``max_open`` stay open (beyond it the least recently used is closed, and
-    reopened if read again). Errors name the shard by its path or URL: a shard that is
+    reopened if read again). Paths may be ``str`` or ``Path`` (both name the same open
+    shard), or object-store URLs. Errors name the shard by its path or URL: a shard that is
     missing or not a tar raises :class:`CorruptShardError`; a read that still fails after
     the storage layer's retries raises :class:`~llaso_data.storage.StorageError` naming the
     URL, the shard and the sample's byte offset."""
@@ -67,7 +69,7 @@ class ShardReader:
         return len(self._open)
 
     def release(self, path: Location) -> None:
-        tar = self._open.pop(path, None)
+        tar = self._open.pop(_key(path), None)
         if tar is not None:
             _close(tar)
 
@@ -75,7 +77,7 @@ class ShardReader:
         """The sample whose ``.json`` header is at byte ``offset``; ``end``, where its bytes
         end (-1: at the archive's closing zero blocks), lets it be fetched in one read."""
         try:
-            return self._read(path, offset, end)
+            return self._read(_key(path), offset, end)
         except StorageError as error:
             raise StorageError(f"{path}: sample at byte {offset}: {error}") from error
 
@@ -131,6 +133,11 @@ class ShardReader:
         for tar in self._open.values():
             _close(tar)
         self._open.clear()
+
+
+def _key(path: Location) -> "str | Path":
+    """One key per shard: a URL as it is, a local path as a ``Path``."""
+    return path if is_url(path) else Path(path)
 
 
 def _close(tar: tarfile.TarFile) -> None:
