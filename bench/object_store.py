@@ -24,7 +24,12 @@ ranged reads (what the loader does) and whole-shard fetch (the alternative), mea
    members' headers, data and padding: from its index offset to the next sample's, or to
    the end of its last member).
 
-3. **Whole-shard fetch at more ranks**, from plans alone (no I/O): for world sizes 1, 2, 4,
+3. **Client stacks**: milliseconds per ranged GET of 64 KiB (200 GETs at spread offsets
+   of one 8 MiB object, straight to moto, no proxy) through the storage layer (pyarrow's
+   S3 filesystem) and, where ``s3fs`` is installed, through fsspec's ``s3fs`` (``cat_file``
+   with a range) in the same run.
+
+4. **Whole-shard fetch at more ranks**, from plans alone (no I/O): for world sizes 1, 2, 4,
    8 and 16 (those the corpus has samples for), bytes of the shards rank 0 touches / bytes of the samples it uses. A ranged read
    stays at the ratio measured in (2) whatever the world size.
 
@@ -183,6 +188,39 @@ def whole_shard_ratios(out: Path, extents, sizes: dict[str, int], world_sizes=(1
     return ratios
 
 
+def ranged_get_ms(upstream: str) -> dict:
+    """Milliseconds per 64 KiB ranged GET, per client stack available (see the docstring)."""
+    import random
+
+    from loopback_s3 import aws_environment, create_bucket
+
+    from llaso_data.storage import open_store
+
+    create_bucket(upstream, "latency")
+    data = os.urandom(8 * 2**20)
+    offsets = [random.Random(0).randrange(0, len(data) - 65536) for _ in range(200)]
+    results = {}
+    with aws_environment(upstream):
+        store = open_store("s3://latency")
+        store.write_bytes("object", data)
+        with store.open_file("object") as file:
+            file.read_at(0, 65536)
+            started = time.perf_counter()
+            assert all(file.read_at(o, 65536) == data[o:o + 65536] for o in offsets)
+            results["pyarrow"] = round((time.perf_counter() - started) / len(offsets) * 1000, 2)
+        try:
+            import s3fs
+        except ImportError:
+            results["s3fs"] = "not installed"
+        else:
+            fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": upstream})
+            fs.cat_file("latency/object", start=0, end=65536)
+            started = time.perf_counter()
+            assert all(fs.cat_file("latency/object", start=o, end=o + 65536) == data[o:o + 65536] for o in offsets)
+            results["s3fs"] = round((time.perf_counter() - started) / len(offsets) * 1000, 2)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples-per-task", type=int, default=24)
@@ -195,7 +233,8 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-s3-", dir=args.workdir))
     moto = subprocess.Popen([sys.executable, "-c", _MOTO], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.DEVNULL, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     try:
         upstream = "http://" + moto.stdout.readline().strip()
         out = convert_corpus(work, args.samples_per_task, args.samples_per_shard)
@@ -232,6 +271,7 @@ def main() -> int:
                 base = next(r for r in results["modes"] if r["mode"] == "local" and r["workers"] == row["workers"])
                 row["speed_vs_local"] = round(row["samples_per_s"] / base["samples_per_s"], 3)
             results["whole_shard_bytes_per_byte_used_by_world_size"] = whole_shard_ratios(out, extents, sizes)
+        results["ms_per_ranged_get"] = ranged_get_ms(upstream)
     finally:
         moto.terminate()
         moto.wait(timeout=30)
@@ -249,6 +289,7 @@ def main() -> int:
               f"{r['requests_per_sample']:>12.3f}{ratio:>17}")
     print("whole-shard fetch, bytes read per byte used by rank 0 at world size:",
           results["whole_shard_bytes_per_byte_used_by_world_size"])
+    print("ms per 64 KiB ranged GET (moto on loopback):", results["ms_per_ranged_get"])
     return 0
 
 

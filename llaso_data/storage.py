@@ -132,10 +132,6 @@ class Store:
         """``name`` as a user reads it: ``s3://bucket/prefix/name`` or ``/abs/path/name``."""
         return f"{self.url}/{name}" if name else self.url
 
-    def child(self, name: str) -> "Store":
-        """The store rooted at ``name`` under this one."""
-        return Store(self.url_of(name), self.fs, self.path(name))
-
     @property
     def local_path(self) -> Path | None:
         """The root as a local ``Path``, or None for an object store."""
