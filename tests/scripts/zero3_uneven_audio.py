@@ -7,7 +7,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from llaso_train.config import ModelConfig, TrainConfig
+from llaso_train.config import DataConfig, ModelConfig, TrainConfig
 from llaso_train.model import build_model
 from llaso_train.recipe import deepspeed_config, freeze_for_stage
 
@@ -19,7 +19,7 @@ model_config = ModelConfig(
     lm={"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
         "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 64},
     stack=5)
-config = TrainConfig(stage="instruct", model=model_config, zero_stage=3, bf16=False)
+config = TrainConfig(stage="instruct", model=model_config, data=DataConfig(shards="unread"), zero_stage=3, bf16=False)
 model = build_model(model_config, vocab_size=64, audio_pad_id=3)
 freeze_for_stage(model, config)
 optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
