@@ -116,6 +116,7 @@ class ShardStream(IterableDataset):
 
     def _batch(self, plan: RankPlan, number: int, reader: ShardReader, paths: list[str | Path], prefix: bool) -> dict:
         samples, waveforms, skipped = [], [], {}
+        reader.fetch([(paths[int(plan.shard[s])], int(plan.offset[s]), int(plan.end[s])) for s in plan.batches[number]])
         for slot in plan.batches[number]:
             shard = int(plan.shard[slot])
             try:

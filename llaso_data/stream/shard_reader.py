@@ -8,8 +8,10 @@ A shard is a local path or an object-store URL, read through the storage layer b
 ranges (the same code for both). Given where a sample ends (the next sample's index offset,
 which the plan carries), a sample costs one ranged read of exactly its bytes; opening a
 shard costs one small read of its first header (:data:`READ_AHEAD`), and a sample without a
-known end is read header by header with the same read-ahead (``bench/object_store.py``
-measures requests per sample and bytes read per byte used).
+known end is read header by header with the same read-ahead. The loader fetches a batch's
+samples together (:meth:`ShardReader.fetch`, several reads in flight), so a batch waits
+about one request's latency (``bench/object_store.py`` measures requests per sample, bytes
+read per byte used and samples/s).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from llaso_data.records import Sample
@@ -24,6 +27,8 @@ from llaso_data.storage import RangeFile, StorageError, is_url, open_file
 
 READ_AHEAD = 4096
 """Bytes fetched by a read that misses the buffer, unless the read itself wants more."""
+FETCH_CONCURRENCY = 8
+"""Ranged reads a reader keeps in flight at once in :meth:`ShardReader.fetch`."""
 END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE
 """Zero bytes (at least) after a tar's last member."""
 Location = "str | os.PathLike"
@@ -48,6 +53,7 @@ class ShardReader:
             raise ValueError("max_open must be >= 1")
         self._max_open = max_open
         self._open: dict[Location, tarfile.TarFile] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
     def _tar(self, path: Location) -> tarfile.TarFile:
         tar = self._open.pop(path, None)
@@ -73,6 +79,27 @@ class ShardReader:
         if tar is not None:
             _close(tar)
 
+    def fetch(self, samples: list[tuple[Location, int, int]]) -> None:
+        """Fetch the bytes of several samples (``(path, offset, end)`` as :meth:`read` takes
+        them) with up to :data:`FETCH_CONCURRENCY` ranged reads in flight, so that their
+        :meth:`read` costs no request: on an object store a batch waits about one request's
+        latency, not one per sample. A sample whose fetch fails is left to :meth:`read`,
+        which reports it."""
+        jobs = []
+        for path, offset, end in samples:
+            try:
+                file = self._tar(_key(path)).fileobj
+            except (CorruptShardError, OSError):
+                continue
+            if file.stop(end) > offset:  # else (a truncated shard) read() reports it
+                jobs.append((file, offset, file.stop(end)))
+        if len(jobs) < 2:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(FETCH_CONCURRENCY)
+        for done in [self._pool.submit(file.fetch, start, stop) for file, start, stop in jobs]:
+            done.result()
+
     def read(self, path: Location, offset: int, end: int | None = None) -> tuple[Sample, list[bytes]]:
         """The sample whose ``.json`` header is at byte ``offset``; ``end``, where its bytes
         end (-1: at the archive's closing zero blocks), lets it be fetched in one read."""
@@ -84,8 +111,7 @@ class ShardReader:
     def _read(self, path: Location, offset: int, end: int | None) -> tuple[Sample, list[bytes]]:
         tar = self._tar(path)
         if end is not None:
-            file = tar.fileobj
-            file.prefetch(offset, end if end >= 0 else file.size - END_OF_ARCHIVE)
+            tar.fileobj.prefetch(offset, tar.fileobj.stop(end))
         shard = str(path)
         member = self._member_at(tar, shard, offset)
         if not member.name.endswith(".json"):
@@ -133,6 +159,9 @@ class ShardReader:
         for tar in self._open.values():
             _close(tar)
         self._open.clear()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
 
 def _key(path: Location) -> "str | Path":
@@ -149,15 +178,33 @@ def _close(tar: tarfile.TarFile) -> None:
 class RangeReader(io.RawIOBase):
     """A seekable, read-only file over a :class:`~llaso_data.storage.RangeFile` that keeps
     the last fetched range: a read inside it costs nothing; one past it fetches what is
-    missing, at least :data:`READ_AHEAD` bytes (one request on an object store)."""
+    missing, at least :data:`READ_AHEAD` bytes (one request on an object store). Ranges
+    fetched ahead (:meth:`fetch`, thread-safe) wait by start offset until
+    :meth:`prefetch` asks for them."""
 
     def __init__(self, file: RangeFile):
         self._file, self.size = file, file.size
         self._position, self._start, self._buffer = 0, 0, b""
+        self._fetched: dict[int, bytes] = {}
+
+    def stop(self, end: int) -> int:
+        """Where a sample whose index end is ``end`` stops (-1: at the closing zero blocks)."""
+        return end if end >= 0 else self.size - END_OF_ARCHIVE
+
+    def fetch(self, start: int, stop: int) -> None:
+        """Read bytes ``start .. stop - 1`` now and keep them for :meth:`prefetch`; a failed
+        read is dropped (the later :meth:`prefetch` reads, and reports, again)."""
+        try:
+            self._fetched[start] = self._file.read_at(start, stop - start)
+        except OSError:
+            pass
 
     def prefetch(self, start: int, stop: int) -> None:
-        """Hold bytes ``start .. stop - 1`` (one read unless already held)."""
-        if stop > start and not (self._start <= start and stop <= self._start + len(self._buffer)):
+        """Hold bytes ``start .. stop - 1`` (one read unless already held or fetched)."""
+        fetched = self._fetched.pop(start, None)
+        if fetched is not None and len(fetched) >= min(stop, self.size) - start:
+            self._start, self._buffer = start, fetched
+        elif stop > start and not (self._start <= start and stop <= self._start + len(self._buffer)):
             self._start, self._buffer = start, self._file.read_at(start, stop - start)
 
     def readable(self) -> bool:
