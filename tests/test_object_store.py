@@ -72,8 +72,10 @@ def test_conversion_into_the_bucket_is_complete_and_verifies(reference, capsys):
     assert len(shards) == report["shards"]
     assert llaso_shard(["verify", reference]) == 0
     assert llaso_shard(["stats", reference]) == 0
-    out = capsys.readouterr().out
-    assert "ASR" in out
+    assert "ASR" in capsys.readouterr().out
+    assert llaso_shard(["plan", reference, "--world-size", "2", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)  # planned from the bucket's tables
+    assert summary["batches_per_rank"] > 0 and summary["samples_per_rank"] * 2 <= summary["epoch_samples"]
 
 
 def test_killed_conversion_into_the_bucket_resumes_byte_identical(corpus, bucket, reference):

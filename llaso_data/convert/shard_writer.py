@@ -13,7 +13,6 @@ import hashlib
 import re
 import tarfile
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import BinaryIO
 
 from llaso_data.convert.clips import CLIP_ERRORS, ClipReader
