@@ -7,8 +7,9 @@ The same job as ``llaso-shard convert``, as a script for a Ray cluster:
         [--audio flac16k] [--samples-per-shard N] [--seed N]
 
 Under ``ray job submit`` it joins the cluster through ``RAY_ADDRESS``; run directly, it
-starts a local Ray on 127.0.0.1. SRC, OUT and the audio root (or the zip parts) must be
-paths every node can read (a shared file system).
+starts a local Ray on 127.0.0.1. SRC and the audio root (or the zip parts) must be paths
+every node can read (a shared file system); OUT is such a path or an object-store prefix
+(``s3://bucket/prefix``, reached with the ``AWS_*`` variables of the job's environment).
 """
 
 import sys
