@@ -20,8 +20,8 @@ S3 (and S3-compatible stores) are configured from the standard AWS environment o
 
 Writes are atomic everywhere: :meth:`Store.writer` writes ``NAME.<random>.tmp`` next to the
 final name and renames it into place when complete (local: ``os.replace``; S3: the upload,
-multipart above 5 MiB parts, becomes the temporary object only when complete, then a
-server-side copy publishes it under its final key, so a reader never sees a partial
+a multipart upload streamed as it is written, becomes the temporary object only when
+complete, then a server-side copy publishes it under its final key, so a reader never sees a partial
 object under a final name; S3 copies one object of at most 5 GB). A crash leaves at most
 ``*.tmp`` names, which :meth:`Store.remove_temporaries` clears.
 """
@@ -116,8 +116,8 @@ def _s3_filesystem(pid: int, endpoint: str, region: str, attempts: int) -> pafs.
 @dataclass(frozen=True)
 class Store:
     """A root folder or bucket prefix (``url``), the filesystem that reaches it (``fs``) and
-    the root's path on that filesystem (``root``). Picklable: Ray tasks and DataLoader workers
-    receive it as it is (an S3 store carries its options, not a connection)."""
+    the root's path on that filesystem (``root``). Ray tasks and loader workers are given
+    the ``url`` and open their own store, so each process has its own S3 client."""
 
     url: str
     fs: pafs.FileSystem
@@ -184,7 +184,7 @@ class Store:
             try:
                 yield stream
             finally:
-                self._call("write", temporary, stream.close)
+                self._call("write", temporary, stream.close, retry=False)  # completes the upload
             self._call("publish", name, lambda: self.fs.move(self.path(temporary), self.path(name)))
             published = True
         finally:
@@ -213,11 +213,12 @@ class Store:
         return left
 
     # -- errors ------------------------------------------------------------------------
-    def _call(self, what: str, name: str, action):
-        """Run ``action`` under :func:`retrying`; a failure that is not a plain absence
-        (``FileNotFoundError``) becomes a :class:`StorageError` naming the URL."""
+    def _call(self, what: str, name: str, action, retry: bool = True):
+        """Run ``action`` (under :func:`retrying` unless ``retry`` is false: an action that is
+        not idempotent); a failure that is not a plain absence (``FileNotFoundError``)
+        becomes a :class:`StorageError` naming the URL."""
         try:
-            return retrying(action)
+            return retrying(action) if retry else action()
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{self.url_of(name)}: {what}: no such file ({error})") from None
         except StorageError:
