@@ -73,7 +73,7 @@ W workers. Each peer through its documented loader:
   Selection(None))], batching=Batching(batch_size=8)))), num_workers=W)`` on the
   passthrough shards; ``ours_dynamic``: the same with ``Batching(batch_size=None,
   max_tokens=2000)`` (duration-bucketed, about 8 per batch); ``ours_mixture``: two sources
-  over the same shards (ASR + gender vs emotion + accent tasks, weights 1 and 2,
+  over the same shards (ASR + SGC vs ER + AC tasks, weights 1 and 2,
   ``Mixing("temperature", temperature=2.0)``), interleaved at sample granularity.
 
 Samples/s, samples per CPU-second (all processes: the child and its DataLoader workers),
@@ -170,12 +170,23 @@ def vm_hwm_mb() -> float:
     return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
 
 
-def streaming_module():
-    """``import streaming`` (MosaicML) without its vision datasets: they import torchvision,
-    which the peers' environment leaves out (its registry wheels need the CUDA torch)."""
+def _stub_streaming_vision() -> None:
+    """MosaicML's ``streaming`` imports its vision datasets, which import torchvision; the
+    peers' environment leaves torchvision out (its registry wheels need the CUDA torch), so
+    that one module is replaced by an empty one. At import time of this file, so that
+    processes started with ``spawn`` (litdata sets it) get the stub too."""
+    import importlib.util
     import types
 
-    sys.modules.setdefault("streaming.vision", types.ModuleType("streaming.vision"))
+    if importlib.util.find_spec("torchvision") is None:
+        sys.modules.setdefault("streaming.vision", types.ModuleType("streaming.vision"))
+
+
+_stub_streaming_vision()
+
+
+def streaming_module():
+    """``import streaming`` (MosaicML) without its vision datasets (see above)."""
     import streaming
 
     return streaming
@@ -423,8 +434,8 @@ def ours_config(data: Path, method: str):
     from llaso_data.stream.loader import StreamConfig
 
     if method == "ours_mixture":
-        sources = [Source(data, Selection(None, tasks=("ASR", "common-voice_gender_classification")), 1.0, "a"),
-                   Source(data, Selection(None, tasks=("meld_ER_classification", "vctk_accent_classification")),
+        sources = [Source(data, Selection(None, tasks=("ASR", "SGC")), 1.0, "a"),
+                   Source(data, Selection(None, tasks=("ER", "AC")),
                           2.0, "b")]
         return StreamConfig(PlanConfig(sources, mixing=Mixing("temperature", temperature=2.0),
                                        batching=Batching(batch_size=BATCH)))
@@ -536,8 +547,13 @@ def features_peers(scratch: str, shards: dict) -> None:
         writer.write({"x": _Payload(str(marker))})
     if marker.exists():
         marker.unlink()
-    StreamingDataset(local=str(scratch / "mds"), shuffle=False)[0]
+    try:
+        StreamingDataset(local=str(scratch / "mds"), shuffle=False)[0]
+        refused = None
+    except ValueError as error:  # refused unless allow_unsafe_types=True
+        refused = str(error)[:160]
     results.setdefault("mosaic", {})["unpickles_planted_member"] = marker.exists()
+    results["mosaic"]["refused"] = refused
     # --- litdata: an item of a type without a serializer is pickled, and unpickled on read
     import litdata
 
@@ -689,7 +705,7 @@ FEATURES_DOC = {
                                                   "no duration bucketing)",
         "mid_epoch_resume": "yes (StreamingDataLoader.state_dict; elastic across world sizes)",
         "weighted_mixing": "yes (Stream(proportion / repeat / choose))",
-        "no_unpickling": "no ('pkl' column encoding is unpickled on read)",
+        "no_unpickling": "yes by default ('pkl' columns refused unless allow_unsafe_types=True)",
         "checksums_verify": "yes, optional (MDSWriter(hashes=...), StreamingDataset(validate_hash=...))"},
     "litdata": {
         "equal_batches_per_rank_with_bucketing": "fixed batch sizes only (drop_last / equal splits; "
