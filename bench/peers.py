@@ -366,17 +366,13 @@ def _wds_sample(sample: dict):
     return sample["__key__"], decode(audio), json.loads(sample["json"])
 
 
-def _wds_collate(items: list) -> dict:
-    return collate_decoded(items)
-
-
 def load_webdataset(data: Path, workers: int):
     import webdataset as wds
 
     urls = sorted(str(p) for p in data.glob("*.tar"))
     dataset = (wds.WebDataset(urls, shardshuffle=True, seed=0, nodesplitter=wds.split_by_node,
                               workersplitter=wds.split_by_worker, empty_check=False)
-               .shuffle(64).map(_wds_sample).batched(BATCH, collation_fn=_wds_collate, partial=True))
+               .shuffle(64).map(_wds_sample).batched(BATCH, collation_fn=collate_decoded, partial=True))
     return wds.WebLoader(dataset, batch_size=None, num_workers=workers)
 
 
@@ -386,8 +382,9 @@ class _LhotseBatches:
     def __getitem__(self, cuts):
         keys, waves = [], []
         for cut in cuts:
-            source = cut.recording.sources[0]
-            data = source.source if isinstance(source.source, bytes) else source.load_audio_bytes()  # noqa
+            data = cut.recording.sources[0].source  # Shar recordings are in-memory: the bytes
+            if not isinstance(data, bytes):
+                raise TypeError(f"{cut.id}: expected an in-memory recording, got {type(data).__name__}")
             json.loads(cut.custom["json"])
             keys.append(cut.id)
             waves.append(decode(data))
