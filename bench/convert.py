@@ -124,8 +124,9 @@ def _clip_format(i: int) -> tuple[str, int, int]:
     return "wav", 16000, 1
 
 
-def write_corpus(root: Path, samples: int, seed: int = 0) -> dict:
-    """Write the corpus under ``root``; return its audio file list, bytes and seconds."""
+def write_corpus(root: Path, samples: int, seed: int = 0, seconds_range: tuple[float, float] = (4.0, 12.0)) -> dict:
+    """Write the corpus under ``root`` (clip lengths uniform in ``seconds_range``); return
+    its audio file list, bytes and seconds."""
     rng = np.random.default_rng(seed)
     sources = {rate: _speech_like(40.0, rate, rng) for rate in (16000, 24000, 44100)}
     files: list[str] = []
@@ -139,7 +140,7 @@ def write_corpus(root: Path, samples: int, seed: int = 0) -> dict:
         records = []
         for i in range(count):
             ext, rate, channels = _clip_format(ordinal)
-            seconds = float(np.round(rng.uniform(4.0, 12.0), 3))
+            seconds = float(np.round(rng.uniform(*seconds_range), 3))
             source = sources[rate]
             start = int(rng.integers(0, len(source) - int(seconds * rate)))
             wave = source[start:start + int(seconds * rate)] * rng.uniform(0.3, 1.0)

@@ -245,7 +245,7 @@ def test_ray_job_submit_on_loopback(corpus, reference, tmp_path):
         submit = [str(venv_bin / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dashboard_port}",
                   "--working-dir", ".", "--", "python", "pipelines/shard_corpus.py", str(root),
                   str(tmp_path / "submitted"), "--samples-per-shard", str(SHARDS_PER)]
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 480
         while True:  # the job agent registers seconds (minutes on a loaded machine) after the dashboard answers
             result = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
             if "No available agent" not in result.stderr or time.monotonic() > deadline:
