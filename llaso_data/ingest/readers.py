@@ -180,11 +180,9 @@ def _iter_json(path: Path) -> Iterator[RawRecord]:
     of an array it tries the usual ``,`` + whitespace with one regex match.
     """
     with open(path, "rb") as stream:
-        encoding = _wide_encoding(stream.read(4))
-        stream.seek(0)
-        if encoding:
-            yield RawRecord(0, 0, "", None, ("malformed_json", f"the file is {encoding} (byte-order mark); "
-                                                               "annotation files must be UTF-8"))
+        wide = _wide_encoding_fault(stream)
+        if wide:
+            yield wide
             return
         window = _TextWindow(stream)
         window.read_ahead(1)
@@ -324,6 +322,17 @@ _LENIENT_SCAN = json.JSONDecoder(parse_int=str).scan_once
 _CLOSED_TYPES = (dict, list, str)
 
 
+def _wide_encoding_fault(stream) -> RawRecord | None:
+    """The one ``malformed_json`` record of a file that starts with a UTF-16/32 byte-order
+    mark, else None; ``stream`` is left at its start."""
+    encoding = _wide_encoding(stream.read(4))
+    stream.seek(0)
+    if encoding is None:
+        return None
+    return RawRecord(0, 0, "", None, ("malformed_json", f"the file is {encoding} (byte-order mark); "
+                                                        "annotation files must be UTF-8"))
+
+
 def _wide_encoding(head: bytes) -> str | None:
     """``"UTF-16"``/``"UTF-32"`` when ``head`` (a file's first 4 bytes) starts with that
     encoding's byte-order mark, else None."""
@@ -428,11 +437,9 @@ def _iter_jsonl(path: Path) -> Iterator[RawRecord]:
     """The records of a JSONL file, one a line (a line broken by a raw newline is repaired;
     a UTF-8 byte-order mark is skipped; UTF-16/32 is one ``malformed_json``)."""
     with open(path, "rb") as stream:
-        encoding = _wide_encoding(stream.read(4))
-        stream.seek(0)
-        if encoding:
-            yield RawRecord(0, 0, "", None, ("malformed_json", f"the file is {encoding} (byte-order mark); "
-                                                               "annotation files must be UTF-8"))
+        wide = _wide_encoding_fault(stream)
+        if wide:
+            yield wide
             return
         ordinal = 0
         offset = 0
