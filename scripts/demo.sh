@@ -26,15 +26,16 @@ rm -rf runs/demo/align runs/demo/instruct runs/demo/predictions runs/demo/report
 run .venv/bin/torchrun --nproc_per_node 2 -m llaso_train --config llaso_train/configs/tiny_align.yaml \
     output_dir=runs/demo/align data.shards=shards/demo max_steps=12 save_every=0
 run .venv/bin/torchrun --nproc_per_node 2 -m llaso_train --config llaso_train/configs/tiny_instruct.yaml \
-    output_dir=runs/demo/instruct data.shards=shards/demo max_steps=100 save_every=50 \
+    output_dir=runs/demo/instruct data.shards=shards/demo max_steps=100 save_every=50 log_every=10 \
     init_projector=runs/demo/align/export/projector.safetensors \
     data.mixing=explicit 'data.weights={SGC: 1, SSD: 1, EIE: 1, ISC: 1}'
 .venv/bin/python - <<'PY'
 import json
 rows = [json.loads(line) for line in open("runs/demo/instruct/metrics.jsonl")]
-first, last = rows[:10], rows[-10:]
+first, last = rows[:3], rows[-3:]
 mean = lambda part: sum(r["loss"] for r in part) / len(part)
-print(f"instruct loss: {mean(first):.3f} (steps 1-10) -> {mean(last):.3f} (last 10 steps); "
+print(f"instruct loss: {mean(first):.3f} (steps {first[0]['step']}-{first[-1]['step']}) -> {mean(last):.3f} "
+      f"(steps {last[0]['step']}-{last[-1]['step']}); "
       f"data wait {rows[-1]['data_wait_fraction']:.1%}")
 PY
 
