@@ -45,14 +45,15 @@ PROMPT = "What sound is this?<audio>"  # the same for every record: the text car
 STEM = "vocalsound_vocal_classification"  # -> task VSC
 TRAIN_PER_CLASS, TEST_PER_CLASS = 50, 10
 SECONDS = 1.0
-# stack 1: one audio token per encoder frame (50 for a 1 s clip). With the preset's stack 5
-# (10 tokens among ~80 text tokens) it only began to listen after ~80 steps (0.65 at step 80).
+# stack 1 (the tiny presets' value): one audio token per encoder frame (50 for a 1 s clip). With
+# stack 5 (10 tokens among ~80 text tokens) it only began to listen after ~80 steps (0.65 at step 80).
 STACK = 1
-# The preset's random Whisper encoder uses HF's init_std 0.02: its conv features are ~100x
+# A random Whisper encoder with HF's default init_std 0.02 has conv features ~100x
 # smaller than the sinusoidal position embeddings they are added to, so the class signal is ~1%
 # of the (frozen) encoder output and the model did not learn to listen in 60-120 steps
 # (accuracy stayed near 1/K at lr 3e-3 and 1e-2).
-# init_std 0.1 makes the conv features comparable (between-class distance ~35% of the norm).
+# init_std 0.1 (the tiny presets' value) makes the conv features comparable (between-class
+# distance ~35% of the norm).
 ENCODER_INIT_STD = 0.1
 # Measured (2 ranks x batch 8, seeds 0-3): 40 steps at 5e-3 gave 0.5-0.75; 50 steps gave
 # 1.0 for all four seeds; 60 steps leaves a margin. 1e-2 learns the label prior quickly but
