@@ -83,10 +83,13 @@ class ShardReader:
         """Fetch the bytes of several samples (``(path, offset, end)`` as :meth:`read` takes
         them) with up to :data:`FETCH_CONCURRENCY` ranged reads in flight, so that their
         :meth:`read` costs no request: on an object store a batch waits about one request's
-        latency, not one per sample. A sample whose fetch fails is left to :meth:`read`,
-        which reports it."""
+        latency, not one per sample. Local shards are left to :meth:`read` (one read each,
+        no latency to overlap). A sample whose fetch fails is left to :meth:`read`, which
+        reports it."""
         jobs = []
         for path, offset, end in samples:
+            if not is_url(path):  # a local read has no latency to hide; threads would only cost CPU
+                continue
             try:
                 file = self._tar(_key(path)).fileobj
             except (CorruptShardError, OSError):
