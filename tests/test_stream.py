@@ -42,6 +42,19 @@ def shards(tmp_path_factory) -> Path:
 def _served(plan) -> list[tuple[str, int]]:
     return [(plan.shard_names[plan.shard[s]], int(plan.offset[s])) for b in plan.batches for s in b]
 
+def _keys_cut_and_resumed(config, rank: int, world_size: int, workers: int, cut: int) -> list:
+    """The batch keys of one rank's epoch, read as ``cut`` batches, a state_dict, then a new
+    loader resumed from that state to the end."""
+    first = StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)
+    iterator = iter(first)
+    head = [next(iterator)["keys"] for _ in range(cut)]
+    state = first.state_dict()
+    del iterator
+    resumed = StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)
+    resumed.load_state_dict(state)
+    return head + [b["keys"] for b in resumed]
+
+
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])
 @pytest.mark.parametrize("batch_size", [1, 3, 5])
@@ -158,15 +171,7 @@ def test_resume_yields_exactly_the_remaining_samples(shards, world_size, workers
         full = [b["keys"] for b in StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)]
         planned = plan_rank(config.plan, 0, world_size, rank)
         assert len(full) == len(planned.batches)
-        cut = len(full) // 2 + rank
-        first = StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)
-        iterator = iter(first)
-        head = [next(iterator)["keys"] for _ in range(cut)]
-        state = first.state_dict()
-        del iterator
-        resumed = StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)
-        resumed.load_state_dict(state)
-        assert head + [b["keys"] for b in resumed] == full
+        assert _keys_cut_and_resumed(config, rank, world_size, workers, len(full) // 2 + rank) == full
 
 
 def test_batches_carry_16khz_windows_of_at_most_30_s(shards):
@@ -349,15 +354,7 @@ def test_several_sources_stream_prefixed_keys_and_resume_exactly(shards, tmp_pat
     for rank in range(world_size):
         full = [b["keys"] for b in StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)]
         runs.append(full)
-        cut = len(full) // 2
-        first = StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)
-        iterator = iter(first)
-        head = [next(iterator)["keys"] for _ in range(cut)]
-        state = first.state_dict()
-        del iterator
-        resumed = StreamLoader(ShardStream(config, rank, world_size), num_workers=workers)
-        resumed.load_state_dict(state)
-        assert head + [b["keys"] for b in resumed] == full
+        assert _keys_cut_and_resumed(config, rank, world_size, workers, len(full) // 2) == full
     assert len({len(r) for r in runs}) == 1 and runs[0]
     keys = [k for r in runs for batch in r for k in batch]
     assert {k.split("/")[0] for k in keys} == {"a", "b", "c"}
