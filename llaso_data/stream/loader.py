@@ -29,6 +29,7 @@ tensor each would cost a shared-memory file and a file-descriptor handshake.
 from __future__ import annotations
 
 import dataclasses
+import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -202,17 +203,21 @@ def collate(samples: list[Sample], waveforms: list[list[list[np.ndarray]]], wave
 
 def _pad_chunks(chunks: list[np.ndarray], longest: int) -> torch.Tensor:
     """(C, longest) zero-padded: int16 if every chunk is int16, else float32 (int16 chunks
-    converted exactly). In a DataLoader worker the tensor lives in shared memory from the
-    start (as torch's default_collate does), so it is filled once and reaches the trainer's
-    process as one file descriptor, not copied through the queue."""
+    converted exactly). In a DataLoader worker the tensor is allocated in shared memory (a
+    new shared-memory file, which reads as zeros: only the samples are written), so it is
+    filled once and reaches the trainer's process as one file descriptor, not copied
+    through the queue."""
     pcm = all(chunk.dtype == np.int16 for chunk in chunks)
-    audio = torch.empty((len(chunks), longest), dtype=torch.int16 if pcm else torch.float32)
+    dtype = torch.int16 if pcm else torch.float32
+    shape = (len(chunks), longest)
     if get_worker_info() is not None:
-        audio.share_memory_()
+        storage = torch.UntypedStorage._new_shared(shape[0] * shape[1] * dtype.itemsize)
+        audio = torch.empty(0, dtype=dtype).set_(storage, 0, shape, (longest, 1))
+    else:
+        audio = torch.from_numpy(np.zeros(shape, dtype=np.int16 if pcm else np.float32))  # calloc: no fill pass
     rows = audio.numpy()
     for row, chunk in enumerate(chunks):
         rows[row, :len(chunk)] = chunk if pcm else to_float32(chunk)
-        rows[row, len(chunk):] = 0
     return audio
 
 
@@ -259,16 +264,26 @@ class StreamLoader:
             self.dataset.epoch, self.batches_done = epoch, 0
 
     def __iter__(self) -> Iterator[dict]:
+        """One epoch's batches from ``batches_done`` on. With workers, the objects alive when
+        they fork are frozen out of the garbage collector for the epoch (``gc.freeze``):
+        otherwise a full collection in either process writes to every page of the other's
+        heap it still shares (copy-on-write, a fault and a page copy each)."""
         self.dataset.start_batch = self.batches_done
         self.dataset.prepare()  # plan here, once: workers receive it and never call ``agree``
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                             prefetch_factor=self.prefetch_factor if self.num_workers else None,
                             collate_fn=_identity)
-        for batch in loader:
-            self.batches_done += 1
-            for reason, count in batch["skipped"].items():
-                self.skipped[reason] = self.skipped.get(reason, 0) + count
-            yield to_torch(batch)
+        if self.num_workers:
+            gc.freeze()
+        try:
+            for batch in loader:
+                self.batches_done += 1
+                for reason, count in batch["skipped"].items():
+                    self.skipped[reason] = self.skipped.get(reason, 0) + count
+                yield to_torch(batch)
+        finally:
+            if self.num_workers:
+                gc.unfreeze()
 
     def state_dict(self) -> dict:
         return {"epoch": self.dataset.epoch, "batches_done": self.batches_done,

@@ -1,7 +1,7 @@
 """Read one sample from a shard at a known byte offset, with explicit decoders only.
 
 Only the sample's ``.json`` member (parsed with ``json``) and its ``audioN.*`` members
-(returned as bytes, decoded later with soundfile) are read. Nothing is unpickled; a member
+(returned as views of the fetched bytes, decoded later) are read. Nothing is unpickled; a member
 of any other kind where a clip is expected is an error.
 
 A shard is a local path or an object-store URL, read through the storage layer by byte
@@ -40,7 +40,8 @@ class CorruptShardError(ValueError):
 
 class ShardReader:
     """Keeps the shards one worker uses open: ``read(path, offset)`` returns
-    ``(sample, [clip bytes, ...])``; ``release(path)`` closes a shard the worker is done
+    ``(sample, [clip, ...])``, each clip's bytes a ``memoryview`` of the sample's fetched
+    range (no copy); ``release(path)`` closes a shard the worker is done
     with. At most ``max_open`` stay open (beyond it the least recently used is closed, and
     reopened if read again). Paths may be ``str`` or ``Path`` (both name the same open
     shard), or object-store URLs. Errors name the shard by its path or URL: a shard that is
@@ -141,9 +142,9 @@ class ShardReader:
             raise CorruptShardError(f"{shard}: member {member.name} at byte {offset} is not a file")
         return member
 
-    def _data(self, tar: tarfile.TarFile, shard: str, member: tarfile.TarInfo) -> bytes:
-        tar.fileobj.seek(member.offset_data)
-        data = tar.fileobj.read(member.size)
+    def _data(self, tar: tarfile.TarFile, shard: str, member: tarfile.TarInfo) -> memoryview:
+        """The member's bytes, a view of the sample's fetched range (no copy)."""
+        data = tar.fileobj.view(member.offset_data, member.size)
         if len(data) != member.size:
             raise CorruptShardError(f"{shard}: member {member.name}: truncated ({len(data)} of {member.size} bytes)")
         return data
@@ -151,7 +152,7 @@ class ShardReader:
     def _parse_sample(self, tar: tarfile.TarFile, shard: str, member: tarfile.TarInfo) -> Sample:
         data = self._data(tar, shard, member)
         try:
-            sample = Sample.from_json(data)
+            sample = Sample.from_json(bytes(data))
         except (ValueError, KeyError, TypeError) as error:
             raise CorruptShardError(f"{shard}: member {member.name}: not a sample's JSON: {error}") from None
         if f"{sample.key}.json" != member.name:
@@ -169,7 +170,7 @@ class ShardReader:
 
 def _key(path: Location) -> "str | Path":
     """One key per shard: a URL as it is, a local path as a ``Path``."""
-    return path if is_url(path) else Path(path)
+    return path if isinstance(path, Path) or is_url(path) else Path(path)
 
 
 def _close(tar: tarfile.TarFile) -> None:
@@ -209,6 +210,14 @@ class RangeReader(io.RawIOBase):
             self._start, self._buffer = start, fetched
         elif stop > start and not (self._start <= start and stop <= self._start + len(self._buffer)):
             self._start, self._buffer = start, self._file.read_at(start, stop - start)
+
+    def view(self, start: int, size: int) -> memoryview:
+        """Bytes ``start .. start + size - 1`` (fewer at the end of the file) without a copy:
+        a view of the held range, which is fetched first unless it holds them."""
+        stop = min(start + size, self.size)
+        if not (self._start <= start and stop <= self._start + len(self._buffer)):
+            self._start, self._buffer = start, self._file.read_at(start, max(stop - start, 0))
+        return memoryview(self._buffer)[start - self._start:stop - self._start]
 
     def readable(self) -> bool:
         return True

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import math
+import struct
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,9 +46,19 @@ class WaveformConfig:
         return math.ceil(frames / self.stack)
 
 
-def decode_clip(data: bytes) -> np.ndarray:
+WAVE_FORMAT_PCM = 0x0001
+WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+
+
+def decode_clip(data: bytes | memoryview) -> np.ndarray:
     """Clip bytes (wav/flac/mp3/...) -> (n,) mono 16 kHz waveform: int16 for a 16-bit PCM,
-    16 kHz, mono clip (its samples, no conversion), else float32."""
+    16 kHz, mono clip (its samples, no conversion), else float32.
+
+    A plain 16 kHz mono 16-bit PCM WAV (:func:`pcm16_wav_samples`) is read without libsndfile:
+    its samples are a (read-only) view of ``data``."""
+    samples = pcm16_wav_samples(data)
+    if samples is not None:
+        return samples
     with soundfile.SoundFile(io.BytesIO(data)) as clip:
         if (clip.samplerate, clip.channels, clip.subtype) == (SAMPLE_RATE, 1, "PCM_16"):
             return clip.read(dtype="int16")
@@ -57,6 +69,36 @@ def decode_clip(data: bytes) -> np.ndarray:
     if rate != SAMPLE_RATE:
         mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def pcm16_wav_samples(data: bytes | memoryview) -> np.ndarray | None:
+    """The (n,) int16 samples of a little-endian RIFF/WAVE clip whose ``fmt `` chunk says PCM
+    (or WAVE_FORMAT_EXTENSIBLE with the PCM sub-format), 16 kHz, mono, 16 bits, as a view of
+    ``data``; ``None`` for anything else, and for a ``data`` chunk that is empty, odd-sized
+    or declares more bytes than follow it (those go through libsndfile, which decides what
+    such a file holds). The samples are exactly what ``soundfile.read(dtype="int16")`` gives.
+    Chunks other than ``fmt `` and ``data`` (``LIST``, ``fact``, ...) are skipped."""
+    if sys.byteorder != "little" or len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    position, pcm = 12, False
+    while position + 8 <= len(data):
+        name, size = data[position:position + 4], struct.unpack_from("<I", data, position + 4)[0]
+        body = position + 8
+        if name == b"fmt ":
+            if size < 16 or body + size > len(data):
+                return None
+            tag, channels, rate, _, align, bits = struct.unpack_from("<HHIIHH", data, body)
+            if tag == WAVE_FORMAT_EXTENSIBLE and size >= 40:
+                tag = struct.unpack_from("<H", data, body + 24)[0]  # the sub-format GUID's first field
+            pcm = (tag, channels, rate, align, bits) == (WAVE_FORMAT_PCM, 1, SAMPLE_RATE, 2, 16)
+            if not pcm:
+                return None
+        elif name == b"data":
+            if not pcm or size == 0 or size % 2 or body + size > len(data):
+                return None
+            return np.frombuffer(data, dtype=np.int16, count=size // 2, offset=body)
+        position = body + size + (size & 1)  # chunks are padded to an even length
+    return None
 
 
 def to_float32(waveform: np.ndarray) -> np.ndarray:
