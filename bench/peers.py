@@ -335,24 +335,14 @@ def decode(data: bytes):
 
 
 def pad(keys: list[str], waves: list) -> dict:
-    """(B, N) zero-padded: int16 if every clip is int16, else float32 (int16 / 32768), in
-    shared memory when built in a DataLoader worker (as our loader's collate does)."""
-    import numpy as np
+    """(B, N) zero-padded with our loader's own :func:`~llaso_data.stream.loader.pad_chunks`:
+    int16 if every clip is int16, else float32 (int16 / 32768), allocated in shared memory
+    when built in a DataLoader worker."""
     import torch
-    from torch.utils.data import get_worker_info
 
-    pcm = all(w.dtype == np.int16 for w in waves)
-    longest = max((len(w) for w in waves), default=0)
-    audio = torch.empty((len(waves), longest), dtype=torch.int16 if pcm else torch.float32)
-    if get_worker_info() is not None:
-        audio.share_memory_()
-    rows = audio.numpy()
-    for row, wave in enumerate(waves):
-        if pcm or wave.dtype != np.int16:
-            rows[row, :len(wave)] = wave
-        else:
-            rows[row, :len(wave)] = wave.astype(np.float32) / np.float32(32768.0)
-        rows[row, len(wave):] = 0
+    from llaso_data.stream.loader import pad_chunks
+
+    audio = pad_chunks(waves, max((len(w) for w in waves), default=0))
     return {"keys": keys, "audio": audio, "lengths": torch.tensor([len(w) for w in waves], dtype=torch.int64)}
 
 

@@ -12,7 +12,9 @@ import numpy as np
 import soundfile
 import torch
 
-from llaso_data.stream.loader import _pad_chunks
+import soxr
+
+from llaso_data.stream.loader import pad_chunks
 from llaso_data.stream.windows import WaveformConfig, chunk_waveform, decode_clip
 
 PEERS = Path(__file__).resolve().parents[1] / "bench" / "peers.py"
@@ -33,6 +35,24 @@ def _clip(seconds: float, rate: int, channels: int, fmt: str, subtype: str, seed
     return buffer.getvalue()
 
 
+def _soundfile_batch(clips: list[bytes], dtype: torch.dtype) -> torch.Tensor:
+    """The batch built from libsndfile's decode alone: int16 samples, or float32 (int16 /
+    32768; other clips channel-averaged and resampled with soxr HQ), zero-padded."""
+    waves = []
+    for data in clips:
+        info = soundfile.info(io.BytesIO(data))
+        if (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16"):
+            pcm = soundfile.read(io.BytesIO(data), dtype="int16")[0]
+            waves.append(pcm if dtype == torch.int16 else pcm.astype(np.float32) / np.float32(32768))
+        else:
+            audio, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+            waves.append(soxr.resample(audio.mean(axis=1), rate, 16000, quality="HQ").astype(np.float32))
+    batch = np.zeros((len(waves), max(len(w) for w in waves)), dtype=np.int16 if dtype == torch.int16 else np.float32)
+    for row, wave in enumerate(waves):
+        batch[row, :len(wave)] = wave
+    return torch.from_numpy(batch)
+
+
 def test_peers_pad_equals_our_collate():
     peers = _peers()
     pcm = [_clip(4.2, 16000, 1, "WAV", "PCM_16", 0), _clip(5.0, 16000, 1, "FLAC", "PCM_16", 1)]
@@ -41,7 +61,8 @@ def test_peers_pad_equals_our_collate():
         waves = [peers.decode(c) for c in clips]
         ours = [w for c in clips for w in chunk_waveform(decode_clip(c), WaveformConfig())]
         theirs = peers.pad([str(i) for i in range(len(clips))], waves)
-        expected = _pad_chunks(ours, max(len(w) for w in ours))
+        expected = pad_chunks(ours, max(len(w) for w in ours))
         assert theirs["audio"].dtype == expected.dtype == dtype
         assert torch.equal(theirs["audio"], expected)
+        assert torch.equal(theirs["audio"], _soundfile_batch(clips, dtype))
         assert theirs["lengths"].tolist() == [len(w) for w in ours]

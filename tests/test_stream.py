@@ -296,6 +296,23 @@ def test_truncated_shard_gives_the_documented_error(shards, tmp_path):
     assert skipping.skipped["corrupt"] >= 1
 
 
+def test_objects_alive_at_the_workers_fork_stay_out_of_collections_for_that_epoch_only(shards):
+    """With workers, the collector skips what the fork shares (no copy-on-write from a full
+    collection) while the epoch runs, and collects it again once the epoch ends or is left."""
+    import gc
+
+    config = StreamConfig(PlanConfig([Source(shards, Selection(None))], batching=Batching(batch_size=2)))
+    assert gc.get_freeze_count() == 0
+    during = [gc.get_freeze_count() for _ in StreamLoader(ShardStream(config), num_workers=1)]
+    assert min(during) > 10_000 and gc.get_freeze_count() == 0
+    epoch = iter(StreamLoader(ShardStream(config), num_workers=1))
+    next(epoch)
+    assert gc.get_freeze_count() > 10_000
+    epoch.close()  # a trainer that stops mid-epoch
+    assert gc.get_freeze_count() == 0
+    assert {gc.get_freeze_count() for _ in StreamLoader(ShardStream(config), num_workers=0)} == {0}
+
+
 def test_rendered_batches_place_every_audio_chunk_on_its_placeholders(shards):
     from llaso_data.stream.chat import ChatFormat, renderer, special_token_ids, tiny_tokenizer
 

@@ -191,7 +191,7 @@ def collate(samples: list[Sample], waveforms: list[list[list[np.ndarray]]], wave
                 position += count
     batch = {
         "keys": [s.key for s in samples], "tasks": [s.task for s in samples], "samples": samples,
-        "chunks": _pad_chunks(chunks, max(lengths, default=0)),
+        "chunks": pad_chunks(chunks, max(lengths, default=0)),
         "chunk_lengths": np.array(lengths, dtype=np.int64), "chunk_sample": np.array(owners, dtype=np.int64),
         "chunk_tokens": np.array(tokens, dtype=np.int64), "skipped": skipped,
     }
@@ -201,7 +201,7 @@ def collate(samples: list[Sample], waveforms: list[list[list[np.ndarray]]], wave
     return batch
 
 
-def _pad_chunks(chunks: list[np.ndarray], longest: int) -> torch.Tensor:
+def pad_chunks(chunks: list[np.ndarray], longest: int) -> torch.Tensor:
     """(C, longest) zero-padded: int16 if every chunk is int16, else float32 (int16 chunks
     converted exactly). In a DataLoader worker the tensor is allocated in shared memory (a
     new shared-memory file, which reads as zeros: only the samples are written), so it is
