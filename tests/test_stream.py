@@ -308,6 +308,10 @@ def test_objects_alive_at_the_workers_fork_stay_out_of_collections_for_that_epoc
     epoch = iter(StreamLoader(ShardStream(config), num_workers=1))
     next(epoch)
     assert gc.get_freeze_count() > 10_000
+    inner = iter(StreamLoader(ShardStream(config), num_workers=1))  # e.g. an evaluation inside the epoch
+    next(inner)
+    inner.close()
+    assert gc.get_freeze_count() > 10_000  # still frozen for the outer epoch
     epoch.close()  # a trainer that stops mid-epoch
     assert gc.get_freeze_count() == 0
     assert {gc.get_freeze_count() for _ in StreamLoader(ShardStream(config), num_workers=0)} == {0}

@@ -28,6 +28,7 @@ tensor each would cost a shared-memory file and a file-descriptor handshake.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 from dataclasses import dataclass, field
@@ -273,17 +274,12 @@ class StreamLoader:
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                             prefetch_factor=self.prefetch_factor if self.num_workers else None,
                             collate_fn=_identity)
-        if self.num_workers:
-            gc.freeze()
-        try:
+        with _collector_frozen(self.num_workers > 0):
             for batch in loader:
                 self.batches_done += 1
                 for reason, count in batch["skipped"].items():
                     self.skipped[reason] = self.skipped.get(reason, 0) + count
                 yield to_torch(batch)
-        finally:
-            if self.num_workers:
-                gc.unfreeze()
 
     def state_dict(self) -> dict:
         return {"epoch": self.dataset.epoch, "batches_done": self.batches_done,
@@ -293,6 +289,30 @@ class StreamLoader:
         self.dataset.epoch = int(state["epoch"])
         self.batches_done = int(state["batches_done"])
         self.skipped = dict(state.get("skipped", {}))
+
+
+_frozen_epochs = 0
+"""Epochs with workers running in this process (the collector is frozen while any does)."""
+
+
+@contextlib.contextmanager
+def _collector_frozen(active: bool) -> Iterator[None]:
+    """Freeze the objects alive now out of the garbage collector while the block runs
+    (``gc.freeze``), when ``active``. Nested or overlapping epochs (an evaluation loader
+    inside a training epoch) keep it frozen until the last of them ends."""
+    global _frozen_epochs
+    if not active:
+        yield
+        return
+    if _frozen_epochs == 0:
+        gc.freeze()
+    _frozen_epochs += 1
+    try:
+        yield
+    finally:
+        _frozen_epochs -= 1
+        if _frozen_epochs == 0:
+            gc.unfreeze()
 
 
 def _identity(batch):
