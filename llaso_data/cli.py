@@ -87,6 +87,9 @@ def _build_parser() -> argparse.ArgumentParser:
     size.add_argument("--batch-size", type=int, default=None, help="fixed batches (default 8)")
     size.add_argument("--max-tokens", type=int, default=None, help="dynamic batches under this token budget")
     plan.add_argument("--max-length", type=int, default=None, help="drop samples estimated longer (tokens)")
+    plan.add_argument("--template-tokens", type=int, default=0,
+                      help="tokens the chat template adds to every sample, counted against --max-length "
+                           "(system prompt, headers; the trainer measures it with its tokenizer)")
     plan.add_argument("--audio-tokens-per-second", type=float, default=10.0,
                       help="audio tokens per second of audio (Whisper's 50 frames/s over the stack; default 10)")
     plan.add_argument("--chars-per-token", type=float, default=4.0)
@@ -289,7 +292,8 @@ def _run_plan(args: argparse.Namespace) -> int:
             task_weights = {task: float(weight) for task, weight in pairs}
         batching = Batching(batch_size=None if args.max_tokens else (args.batch_size or 8),
                             max_tokens=args.max_tokens, audio_tokens_per_second=args.audio_tokens_per_second,
-                            chars_per_token=args.chars_per_token, max_length=args.max_length)
+                            chars_per_token=args.chars_per_token, max_length=args.max_length,
+                            template_tokens=args.template_tokens)
         names = [out.rstrip("/").rsplit("/", 1)[-1] if is_url(out) else out.resolve().name for out in args.out]
         sources = [Source(out, selection, weight, name if names.count(name) == 1 else f"{name}-{number}")
                    for number, (out, weight, name) in enumerate(zip(args.out, weights, names))]

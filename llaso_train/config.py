@@ -110,17 +110,19 @@ class DataConfig:
     def mixing_rule(self) -> Mixing:
         return Mixing(self.mixing, self.temperature, self.weights)
 
-    def batching(self, stack: int) -> Batching:
+    def batching(self, stack: int, template: tuple[int, int] = (0, 0)) -> Batching:
         """The planner's batching for a projector stacking ``stack`` encoder frames (audio
         costs ``FRAMES_PER_SECOND / stack`` tokens per second); samples estimated longer than
-        ``max_length`` tokens are dropped at planning."""
+        ``max_length`` tokens, the chat template's ``template`` tokens (per sample, per clip;
+        ``llaso_data.stream.chat.template_overhead``) included, are dropped at planning."""
+        per_sample, per_clip = template
         return Batching(batch_size=self.batch_size, max_tokens=self.max_tokens,
                         audio_tokens_per_second=FRAMES_PER_SECOND / stack, chars_per_token=self.chars_per_token,
-                        max_length=self.max_length)
+                        max_length=self.max_length, template_tokens=per_sample, clip_tokens=1 + per_clip)
 
-    def plan(self, stack: int, seed: int) -> PlanConfig:
-        """The whole plan configuration."""
-        return PlanConfig(self.plan_sources(), self.mixing_rule(), self.batching(stack), seed=seed,
+    def plan(self, stack: int, seed: int, template: tuple[int, int] = (0, 0)) -> PlanConfig:
+        """The whole plan configuration (``template``: see :meth:`batching`)."""
+        return PlanConfig(self.plan_sources(), self.mixing_rule(), self.batching(stack, template), seed=seed,
                           shuffle_block=self.shuffle_block, shard_window=self.shard_window)
 
 

@@ -21,7 +21,8 @@ import torch
 import torch.distributed as dist
 
 from llaso_data.frontend import SAMPLE_RATE
-from llaso_data.stream.chat import IGNORE_INDEX, ChatFormat, ensure_chat_tokens, renderer, special_token_ids, tiny_tokenizer
+from llaso_data.stream.chat import (IGNORE_INDEX, ChatFormat, ensure_chat_tokens, renderer, special_token_ids,
+                                   template_overhead, tiny_tokenizer)
 from llaso_data.stream.loader import ShardStream, StreamConfig, StreamLoader
 from llaso_data.stream.preview import summarize
 from llaso_data.stream.windows import WaveformConfig
@@ -85,7 +86,10 @@ def build_loader(config: TrainConfig, tokenizer, fmt: ChatFormat, rank: int, wor
     together: dynamic batch counts are agreed over the process group) and prints rank 0's
     mixture summary (quotas, batches, samples dropped at planning, tasks per batch)."""
     data = config.data
-    plan = data.plan(config.model.stack, config.seed)
+    template = template_overhead(tokenizer, fmt)
+    log0(f"data: the chat template adds {template[0]} tokens per sample and {template[1]} per clip "
+         f"(counted against max_length {data.max_length} at planning)")
+    plan = data.plan(config.model.stack, config.seed, template)
     stream = StreamConfig(plan, WaveformConfig(max_chunks=data.max_chunks, stack=config.model.stack))
     dataset = ShardStream(stream, rank, world, render=renderer(tokenizer, fmt, data.max_length),
                           pad_id=tokenizer.pad_token_id, agree=_min_over_ranks if world > 1 else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from llaso_data.stream.chat import (
+    template_overhead,
     IGNORE_INDEX,
     LLASO_SYSTEM_PROMPT,
     ChatFormat,
@@ -315,3 +317,17 @@ def test_tiny_tokenizer_is_deterministic(tok):
         env={**os.environ, "PYTHONHASHSEED": "123"},
     )
     assert other_process.stdout.strip() == vocab_digest(tok)
+
+
+def test_template_overhead_is_what_rendering_adds_to_the_text_and_audio(tok, fixture_samples):
+    """Per sample and per clip, the tokens the planner adds to a sample's text and audio
+    estimate are exactly what rendering a one-question, one-answer conversation adds."""
+    per_sample, per_clip = template_overhead(tok)
+    assert per_clip == 2 and per_sample > len(tok(ChatFormat().system_prompt, add_special_tokens=False)["input_ids"])
+    for modality in ("text_audio", "audio_text", "pure_audio"):
+        sample = dataclasses.replace(first_of(fixture_samples, modality), system=None)
+        audio = [5 + clip for clip in range(len(sample.audio))]
+        texts = [s for turn in sample.turns for s in turn.segments() if isinstance(s, str)]
+        text = sum(len(ids) for ids in tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+        rendered = render(sample, tok, audio)
+        assert len(rendered.input_ids) == text + sum(audio) + per_sample + per_clip * len(audio)

@@ -187,6 +187,27 @@ def test_samples_too_long_are_dropped_at_planning_and_refilled_from_their_task(t
         assert summarize(after, fitted).dropped == {"too_long": long_slots}
 
 
+def test_the_chat_templates_tokens_count_against_max_length(tmp_path):
+    """A sample fits when its audio and text estimate plus the template's tokens (per sample
+    and per clip) stay within max_length: the same corpus loses exactly the samples the
+    template pushes over."""
+    root = write_tables(tmp_path / "c", {"ASR": 3, "SGC": 2}, per_shard=100)
+
+    def plan(**fit):
+        batching = Batching(batch_size=4, audio_tokens_per_second=25, chars_per_token=4.0, **fit)
+        return plan_rank(PlanConfig([Source(root, Selection(None))], batching=batching), 0, 1, 0)
+
+    estimate = plan().seconds * 25 + plan().chars / 4.0
+    assert estimate.max() + 1 <= 700 and not plan(max_length=700).dropped
+    templated = plan(max_length=700, template_tokens=250, clip_tokens=3)
+    pushed_over = int((estimate + 250 + 3 > 700).sum())
+    assert 0 < pushed_over < len(estimate) // 2
+    assert templated.dropped == {"too_long": pushed_over}
+    assert (templated.seconds * 25 + templated.chars / 4.0 + 253 <= 700).all()
+    with pytest.raises(ValueError, match="template_tokens and clip_tokens"):
+        Batching(batch_size=4, template_tokens=-1)
+
+
 def test_dynamic_batches_over_several_ranks_need_agreement(three):
     config = PlanConfig([Source(three[0], Selection(None))], batching=Batching(batch_size=None, max_tokens=900))
     with pytest.raises(ValueError, match="dynamic batches over several ranks need agree"):
@@ -213,6 +234,16 @@ def test_plan_command_previews_the_mixture(three):
     assert summary["distinct_tasks_per_batch"] >= 0.9 * summary["iid_tasks_per_batch"]
     text = subprocess.run(command[:-1], capture_output=True, text=True, timeout=120)
     assert "instruct/SGC" in text.stdout and "distinct tasks per batch" in text.stdout
+    fitted = subprocess.run(command + ["--max-length", "300", "--template-tokens", "100"], capture_output=True,
+                            text=True, timeout=120)
+    assert fitted.returncode == 0, fitted.stderr
+    sources = [Source(three[0], Selection(("train",))), Source(three[1], Selection(("train",)), 3.0)]
+    expected = preview(PlanConfig(sources, Mixing("uniform"),
+                                  Batching(batch_size=8, audio_tokens_per_second=10, max_length=300, template_tokens=100)), 4)
+    assert json.loads(fitted.stdout) == json.loads(json.dumps(expected.to_dict()))
+    untemplated = preview(PlanConfig(sources, Mixing("uniform"),
+                                     Batching(batch_size=8, audio_tokens_per_second=10, max_length=300)), 4)
+    assert expected.dropped["too_long"] > untemplated.dropped.get("too_long", 0)
     bad = subprocess.run([sys.executable, "-m", "llaso_data.cli", "plan", str(three[0]), "--weights", "1", "2"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "2 weights for 1 sources" in bad.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,6 +168,8 @@ def test_real_layout_instruct_resumes_exports_and_generates(aligned, shards, che
         check_resumable(tag, world=1, gradient_accumulation=2)
     resumed = _train("llaso_base_instruct.yaml", killed, shards, *settings)
     assert "resumed at step" in resumed.stdout
+    assert re.search(r"data: the chat template adds \d+ tokens per sample and 2 per clip", resumed.stdout)
+    assert "dropped at planning" in resumed.stdout
 
     # the steps logged after the checkpoint and trained again are logged once, as uninterrupted
     for rank in (0, 1):

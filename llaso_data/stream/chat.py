@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Sequence
 
-from llaso_data.records import Sample
+from llaso_data.records import Sample, Turn
 
 IGNORE_INDEX = -100
 
@@ -348,6 +348,23 @@ def _truncate(rendered: Rendered, max_length: int, key: str, tail: int) -> Rende
     return Rendered(
         rendered.input_ids[:max_length], rendered.labels[:max_length], rendered.audio_spans
     )
+
+
+def template_overhead(tokenizer, fmt: ChatFormat = ChatFormat()) -> tuple[int, int]:
+    """Tokens ``fmt`` adds to a sample besides its turns' text and audio positions, as
+    ``(per sample, per clip)``: per sample, the begin token, the default system turn and the
+    headers and end-of-turn tokens of one user and one assistant turn (each further turn
+    adds its own header and end-of-turn; a sample's own system prompt replaces the
+    default's); per clip, its audio delimiters."""
+
+    def length(clips: int) -> int:
+        user = Turn("user", "", tuple((0, clip) for clip in range(clips)))
+        sample = Sample(key="template", split="", modality="", task="", category="", source="", ordinal=0,
+                        turns=(user, Turn("assistant", "")), audio=("",) * clips, label="")
+        return len(render(sample, tokenizer, [1] * clips, fmt).input_ids) - clips  # less the one position each
+
+    bare = length(0)
+    return bare, length(1) - bare
 
 
 def renderer(tokenizer, fmt: ChatFormat = ChatFormat(), max_length: int | None = None,

@@ -141,8 +141,11 @@ class Batching:
     """Fixed ``batch_size`` samples, or (``max_tokens`` set) dynamic batches whose padded
     cost ``len(batch) * max(sample cost)`` stays within ``max_tokens``, where a sample's
     cost is its audio tokens (``audio_tokens_per_second`` x seconds) plus its text tokens
-    (text characters / ``chars_per_token``). ``max_length`` (tokens): a sample whose cost
-    plus one token per clip (window rounding) exceeds it is dropped at planning."""
+    (text characters / ``chars_per_token``). ``max_length`` (tokens): a sample whose cost,
+    plus ``template_tokens`` (what the chat template adds to every sample: system prompt,
+    turn headers, end-of-turn tokens), plus ``clip_tokens`` per clip (1 for window rounding,
+    plus the clip's audio delimiters), exceeds it is dropped at planning
+    (``llaso_data.stream.chat.template_overhead`` measures both for a tokenizer)."""
 
     batch_size: int | None = 8
     max_tokens: int | None = None
@@ -150,12 +153,16 @@ class Batching:
     chars_per_token: float = 4.0
     remainder: str = "drop"
     max_length: int | None = None
+    template_tokens: int = 0
+    clip_tokens: int = 1
 
     def __post_init__(self):
         if (self.batch_size is None) == (self.max_tokens is None):
             raise ValueError("set exactly one of batch_size and max_tokens")
         if any(v is not None and v < 1 for v in (self.batch_size, self.max_tokens, self.max_length)):
             raise ValueError("batch_size, max_tokens and max_length must be >= 1")
+        if self.template_tokens < 0 or self.clip_tokens < 0:
+            raise ValueError("template_tokens and clip_tokens must be >= 0")
         if self.audio_tokens_per_second <= 0 or self.chars_per_token <= 0:
             raise ValueError("audio_tokens_per_second and chars_per_token must be positive")
         if self.remainder not in ("drop", "pad"):
@@ -577,7 +584,8 @@ def _fit(plan: RankPlan, clips: np.ndarray, batching: Batching) -> None:
     earlier (else later) kept slot of the same stratum, else of any stratum."""
     if batching.max_length is None:
         return
-    too_long = batching.costs(plan.seconds, plan.chars) + clips > batching.max_length
+    length = batching.costs(plan.seconds, plan.chars) + batching.template_tokens + clips * batching.clip_tokens
+    too_long = length > batching.max_length
     if not too_long.any():
         return
     kept = np.flatnonzero(~too_long)
