@@ -143,12 +143,14 @@ def generate(options: GenerateOptions) -> dict | None:
     """Run under torchrun (or alone: world size 1). Returns the summary on rank 0, else None."""
     import torch.distributed as dist
 
-    from llaso_train.distributed import fail_on_timeout, init_distributed
+    from llaso_train.distributed import fail_on_timeout, init_distributed, shutdown_distributed
 
     init_distributed(options.dist_timeout_s)
     rank, world = dist.get_rank(), dist.get_world_size()
     with fail_on_timeout("llaso_eval generate", rank, world, options.dist_timeout_s):
-        return _generate(options, rank, world)
+        summary = _generate(options, rank, world)
+        shutdown_distributed()
+    return summary
 
 
 def _generate(options: GenerateOptions, rank: int, world: int) -> dict | None:

@@ -46,6 +46,17 @@ def init_distributed(timeout_s: float) -> None:
                                timeout=timedelta(seconds=timeout_s))
 
 
+def shutdown_distributed() -> None:
+    """Leave the default process group in order: wait for every rank, then destroy the group,
+    so no backend thread is left running when the interpreter exits (an exit with the group
+    alive can abort at teardown: "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def die_with_parent() -> None:
     """Have the kernel send SIGKILL to this process when its parent exits (Linux; a no-op
     elsewhere). Does nothing when not started by a launcher (no ``LOCAL_RANK``)."""

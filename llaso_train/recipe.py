@@ -28,7 +28,7 @@ from llaso_data.stream.preview import summarize
 from llaso_data.stream.windows import WaveformConfig
 
 from .config import TrainConfig, to_dict
-from .distributed import fail_on_timeout, init_distributed
+from .distributed import fail_on_timeout, init_distributed, shutdown_distributed
 from .dtypes import compute_dtype, resolve_bf16
 from .model import PROJECTOR_FILE, ExportSettings, SpeechLM, build_model, load_projector
 
@@ -237,6 +237,7 @@ def train(config: TrainConfig) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     with fail_on_timeout("llaso_train", rank, world, config.dist_timeout_s):
         _train(config, rank, world)
+        shutdown_distributed()
 
 
 def _train(config: TrainConfig, rank: int, world: int) -> None:

@@ -9,6 +9,7 @@ import torch.distributed as dist
 
 from llaso_train.config import DataConfig, ModelConfig, TrainConfig
 from llaso_train.model import build_model
+from llaso_train.distributed import shutdown_distributed
 from llaso_train.recipe import deepspeed_config, freeze_for_stage
 
 deepspeed.init_distributed(dist_backend="gloo")
@@ -39,3 +40,4 @@ for step in range(int(sys.argv[1])):
     engine.backward(loss)
     engine.step()
     print(f"rank {rank} step {step} loss {loss.item():.4f}", flush=True)
+shutdown_distributed()
