@@ -49,7 +49,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -97,23 +96,6 @@ def upload(local: Path, url: str) -> int:
     for path in files:
         store.write_bytes(path.relative_to(local).as_posix(), path.read_bytes())
     return len(files)
-
-
-def sample_extents(out: Path) -> dict[tuple[str, int], int]:
-    """``{(shard, offset): bytes}``: each sample's extent in its tar (headers, data, padding)."""
-    from llaso_data.manifest import read_manifest
-
-    extents = {}
-    for shard in read_manifest(out)["shard"].to_pylist():
-        with tarfile.open(out / shard) as tar:
-            starts, end = [], 0
-            for member in tar:
-                if member.name.endswith(".json"):
-                    starts.append(member.offset)
-                end = member.offset_data + -(-member.size // 512) * 512
-        for start, stop in zip(starts, [*starts[1:], end]):
-            extents[(shard, start)] = stop - start
-    return extents
 
 
 def stream_config(root: str | Path):
@@ -234,7 +216,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from loopback_s3 import CountingProxy, aws_environment, create_bucket
+    from loopback_s3 import CountingProxy, aws_environment, create_bucket, sample_extents
 
     work = Path(tempfile.mkdtemp(prefix="bench-s3-", dir=args.workdir))
     moto = subprocess.Popen([sys.executable, "-c", _MOTO], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

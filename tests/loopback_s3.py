@@ -1,6 +1,7 @@
 """An S3 endpoint on 127.0.0.1 for tests and benchmarks: moto's standalone server, and an
 HTTP proxy in front of it that counts requests and response bytes and can answer chosen
-requests with an error (to exercise retries over real HTTP).
+requests with an error (to exercise retries over real HTTP); and the bytes each sample
+occupies in its shard, what a reader must fetch at least (:func:`sample_extents`).
 
 Nothing here is imported by the library: the code under test reaches the endpoint only
 through ``AWS_ENDPOINT_URL`` with the same client stack (pyarrow's S3 filesystem) a user's
@@ -12,10 +13,12 @@ from __future__ import annotations
 import http.client
 import logging
 import os
+import tarfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Callable, Iterator
 
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
@@ -188,3 +191,19 @@ class CountingProxy:
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def sample_extents(out: Path) -> dict[tuple[str, int], int]:
+    """``{(shard, offset): bytes}`` for every sample of the converted corpus ``out``: its
+    extent in its tar (headers, data, padding), read from the tars themselves."""
+    extents = {}
+    for path in out.rglob("*.tar"):
+        with tarfile.open(path) as tar:
+            starts, end = [], 0
+            for member in tar:
+                if member.name.endswith(".json"):
+                    starts.append(member.offset)
+                end = member.offset_data + -(-member.size // 512) * 512
+        for start, stop in zip(starts, [*starts[1:], end]):
+            extents[(path.relative_to(out).as_posix(), start)] = stop - start
+    return extents

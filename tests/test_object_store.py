@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from llaso_data.storage import open_store
 from llaso_synth.corpus import write_corpus
 
 from conftest import convert_in_process
+from loopback_s3 import sample_extents
 
 REPO = Path(__file__).resolve().parents[1]
 SHARDS_PER = 3
@@ -119,21 +119,6 @@ def test_verify_names_a_corrupted_object(reference, bucket):
     assert llaso_shard(["verify", copy]) == 1
 
 
-def _extents(out: Path) -> dict[tuple[str, int], int]:
-    """``{(shard, offset): bytes}``: each sample's extent in its tar (headers, data, padding)."""
-    extents = {}
-    for path in out.rglob("*.tar"):
-        with tarfile.open(path) as tar:
-            starts, end = [], 0
-            for member in tar:
-                if member.name.endswith(".json"):
-                    starts.append(member.offset)
-                end = member.offset_data + -(-member.size // 512) * 512
-        for start, stop in zip(starts, [*starts[1:], end]):
-            extents[(path.relative_to(out).as_posix(), start)] = stop - start
-    return extents
-
-
 def _config(root: str | Path) -> StreamConfig:
     return StreamConfig(PlanConfig((Source(root, Selection(splits=None), name="corpus"),),
                                    batching=Batching(batch_size=3), shuffle_block=8))
@@ -167,7 +152,7 @@ def test_stream_from_the_bucket_equals_local_and_resumes_exactly(reference, s3_e
     # one ranged GET per sample, plus per shard its opening (HEAD + first header) and the tables
     samples = sum(len(k) for k, _ in served)
     assert traffic.requests["GET"] <= samples + 2 * len(plan.shard_names) + 10, traffic.requests
-    extents = _extents(local)
+    extents = sample_extents(local)
     used = sum(extents[(plan.shard_names[int(plan.shard[s])], int(plan.offset[s]))] for b in plan.batches for s in b)
     tables = sum((local / n).stat().st_size for n in ("manifest.parquet", "index.parquet"))
     # per shard and worker: its opening read (READ_AHEAD) and the closing zero padding
