@@ -208,14 +208,18 @@ class RangeReader(io.RawIOBase):
         fetched = self._fetched.pop(start, None)
         if fetched is not None and len(fetched) >= min(stop, self.size) - start:
             self._start, self._buffer = start, fetched
-        elif stop > start and not (self._start <= start and stop <= self._start + len(self._buffer)):
+        elif stop > start and not self._holds(start, stop):
             self._start, self._buffer = start, self._file.read_at(start, stop - start)
+
+    def _holds(self, start: int, stop: int) -> bool:
+        """Whether the held range covers bytes ``start .. stop - 1``."""
+        return self._start <= start and stop <= self._start + len(self._buffer)
 
     def view(self, start: int, size: int) -> memoryview:
         """Bytes ``start .. start + size - 1`` (fewer at the end of the file) without a copy:
         a view of the held range, which is fetched first unless it holds them."""
         stop = min(start + size, self.size)
-        if not (self._start <= start and stop <= self._start + len(self._buffer)):
+        if not self._holds(start, stop):
             self._start, self._buffer = start, self._file.read_at(start, max(stop - start, 0))
         return memoryview(self._buffer)[start - self._start:stop - self._start]
 
